@@ -50,10 +50,59 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_CHOICES = {
+    "dataset": ("petals", "flowers102", "imagefolder"), "split": ("seed", "official"),
+    "recipe": ("default", "seed"), "precision": ("auto", "fp32", "bf16", "fp16"),
+    "device": ("auto", "cpu", "cuda", "mps"), "pipeline": ("fast", "classic"), "schedule": ("cosine", "constant"),
+}
+TRAIN_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int}
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dataclasses import fields
+
+    from resnet.config import TrainConfig
+
+    p = subparsers.add_parser(
+        "train", help="train a model (defaults: the built-in petals dataset)",
+        description="Train a ResNet. Every option overrides the recipe; options not given keep the "
+                    "recipe's value (see resnet.config).")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "arch":
+            p.add_argument(flag, choices=list_models(), default=None)
+        else:
+            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=TRAIN_CHOICES.get(f.name), default=None,
+                           metavar=None if f.name in TRAIN_CHOICES else f.name.split("_")[-1].upper())
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from resnet.config import resolve_config
+    from resnet.train import Interrupted, resume_config, train
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
+    if args.resume:
+        config = resume_config(Path(args.resume), overrides)
+    else:
+        config = resolve_config(overrides)
+    try:
+        train(config, Path(args.resume) if args.resume else None)
+    except Interrupted as interrupted:
+        print(f"resnet train: {interrupted}", file=sys.stderr)
+        return 130
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Train and use ResNet image classifiers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_list_parser, add_summary_parser):
+    for add in (add_train_parser, add_list_parser, add_summary_parser):
         add(subparsers)
     return parser
 

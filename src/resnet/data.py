@@ -1,0 +1,287 @@
+"""Datasets, splits, class names, and the decoded-image cache.
+
+Every source becomes an ``ImageFiles`` (paths and labels) or, for the built-in
+petals, arrays already in memory. The fast path decodes each image once into a
+uint8 tensor (N, 3, S, S); a source on disk keeps that cache as a ``.npy`` file
+that later runs memory-map instead of decoding again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps
+from torch.utils.data import DataLoader, Dataset
+
+from resnet import petals
+from resnet.errors import ResnetError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+DATASETS = ("petals", "flowers102", "imagefolder")
+PETALS_SIZES = {"train": 3000, "eval": 1000}  # images per split of the built-in set
+
+
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open any image as upright RGB: EXIF orientation applied; grayscale, palette,
+    CMYK and alpha converted (transparent pixels become white, not black)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            rgba = image.convert("RGBA")
+            background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(background, rgba).convert("RGB")
+        return image.convert("RGB")
+
+
+class ImageFiles(Dataset):
+    """Labelled image files; items are ``(transform(PIL RGB image), label)``."""
+
+    def __init__(self, paths: Sequence[Path], labels: Sequence[int], transform: Callable | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.labels = list(labels)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        image = open_rgb(self.paths[index])
+        return (self.transform(image) if self.transform else image), self.labels[index]
+
+    def subset(self, indices: Sequence[int]) -> ImageFiles:
+        return ImageFiles([self.paths[i] for i in indices], [self.labels[i] for i in indices], self.transform)
+
+
+class ImageArrays(Dataset):
+    """Labelled images already in memory as uint8 (N, 3, H, W); items as for ``ImageFiles``."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: Callable | None = None) -> None:
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.images[index].transpose(1, 2, 0))
+        return (self.transform(image) if self.transform else image), int(self.labels[index])
+
+
+Source = ImageFiles | ImageArrays
+
+
+@dataclass
+class DataSplits:
+    """What a run trains and evaluates on. ``test`` is reported once at the end, if present."""
+
+    train: Source
+    eval: Source
+    classes: list[str]
+    test: Source | None = None
+    eval_name: str = "eval"
+    skipped: list[str] = field(default_factory=list)  # unreadable files left out
+
+
+# --- sources ------------------------------------------------------------------
+
+
+def load_splits(dataset: str, data_dir: str | None = None, split: str = "seed", val_fraction: float = 0.2,
+                seed: int = 0, strict: bool = False) -> DataSplits:
+    """The train / eval (/ test) sources of a dataset, by name."""
+    if dataset == "petals":
+        return petals_splits()
+    if dataset == "flowers102":
+        return flowers102_splits(data_dir, split)
+    if dataset == "imagefolder":
+        if data_dir is None:
+            raise ResnetError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/... or DIR/<class>/...)")
+        return imagefolder_splits(Path(data_dir), val_fraction, seed, strict)
+    raise ResnetError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+
+
+def petals_splits() -> DataSplits:
+    train = ImageArrays(*petals.make_petals(PETALS_SIZES["train"], seed=0))
+    evaluation = ImageArrays(*petals.make_petals(PETALS_SIZES["eval"], seed=1))
+    return DataSplits(train, evaluation, list(petals.CLASSES))
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get("RESNET_DATA", Path.home() / ".cache" / "resnet" / "data"))
+
+
+def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
+    from torchvision.datasets import Flowers102
+
+    root = Path(data_dir) if data_dir else default_data_root()
+    # The tutorial's split trains on the large "test" split and evaluates on "train".
+    names = {"seed": ("test", "train", None), "official": ("train", "val", "test")}
+    if split not in names:
+        raise ResnetError(f"unknown split {split!r} for flowers102; choose one of: seed, official")
+
+    def load(name: str | None) -> ImageFiles | None:
+        if name is None:
+            return None
+        try:
+            ds = Flowers102(root=str(root), split=name, download=False)
+        except RuntimeError:
+            try:
+                ds = Flowers102(root=str(root), split=name, download=True)
+            except Exception as error:  # offline: urllib / socket errors of many kinds
+                raise ResnetError(
+                    f"Flowers-102 is not in {root / 'flowers-102'} and could not be downloaded ({type(error).__name__}); "
+                    "download it once (online) or pass --data-dir pointing at a folder that holds flowers-102/") from None
+        # torchvision keeps the file list privately; reading it lets the cache key on the files.
+        return ImageFiles(ds._image_files, ds._labels)
+
+    train_name, eval_name, test_name = names[split]
+    classes = list(Flowers102.classes) if hasattr(Flowers102, "classes") else [str(i) for i in range(102)]
+    return DataSplits(load(train_name), load(eval_name), classes, load(test_name), eval_name=eval_name)
+
+
+def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    """Classes (sorted sub-folder names) and (path, label) for every image file below them."""
+    if not root.is_dir():
+        raise ResnetError(f"{root} is not a directory")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise ResnetError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
+    samples = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise ResnetError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
+        samples += [(p, label) for p in files]
+    return classes, samples
+
+
+def find_unreadable(paths: Sequence[Path]) -> list[Path]:
+    """Files that fail to decode completely (corrupt, truncated, not an image)."""
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.load()
+        except Exception:
+            bad.append(path)
+    return bad
+
+
+def imagefolder_splits(root: Path, val_fraction: float, seed: int, strict: bool) -> DataSplits:
+    if (root / "train").is_dir():
+        classes, train_samples = list_class_folders(root / "train")
+        val_classes, val_samples = list_class_folders(root / "val") if (root / "val").is_dir() else (classes, [])
+        if not val_samples:
+            raise ResnetError(f"{root}/train exists but {root}/val does not (or is empty)")
+        if val_classes != classes:
+            raise ResnetError(f"{root}/train and {root}/val have different class folders")
+    else:
+        classes, samples = list_class_folders(root)
+        if not 0 < val_fraction < 1:
+            raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+        train_samples, val_samples = stratified_split(samples, val_fraction, seed)
+
+    bad = set(find_unreadable([p for p, _ in train_samples + val_samples]))
+    if bad:
+        listing = ", ".join(str(p) for p in sorted(bad))
+        if strict:
+            raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
+        warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=2)
+    train_samples = [s for s in train_samples if s[0] not in bad]
+    val_samples = [s for s in val_samples if s[0] not in bad]
+    if not train_samples or not val_samples:
+        raise ResnetError(f"no readable images left in {root} for training and validation")
+
+    def files(samples: list[tuple[Path, int]]) -> ImageFiles:
+        return ImageFiles([p for p, _ in samples], [label for _, label in samples])
+
+    return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val",
+                      skipped=[str(p) for p in sorted(bad)])
+
+
+def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int):
+    """Split each class in a seeded random order; every class keeps at least one training image."""
+    generator = torch.Generator().manual_seed(seed)
+    train, held_out = [], []
+    for label in sorted({label for _, label in samples}):
+        members = [s for s in samples if s[1] == label]
+        order = torch.randperm(len(members), generator=generator).tolist()
+        n_held = min(len(members) - 1, round(len(members) * fraction))
+        held_out += [members[i] for i in order[:n_held]]
+        train += [members[i] for i in order[n_held:]]
+    return train, held_out
+
+
+# --- the decoded cache ----------------------------------------------------------
+
+
+@dataclass
+class DecodedImages:
+    """A split decoded once: uint8 images (N, 3, S, S), int64 labels (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class _ResizeToTensor:
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        # Squash to a square, as the tutorial's evaluation Resize((s, s)) does; the
+        # random-resized-crop's aspect-ratio range covers the distortion in training.
+        image = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=None)
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RESNET_CACHE", Path.home() / ".cache" / "resnet" / "decoded"))
+
+
+def fingerprint(source: ImageFiles, size: int) -> str:
+    digest = hashlib.sha256(f"v1 {size}".encode())
+    for path, label in zip(source.paths, source.labels):
+        stat = path.stat()
+        digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns} {label}\n".encode())
+    return digest.hexdigest()[:24]
+
+
+def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = True) -> DecodedImages:
+    """Decode a split once into uint8 (N, 3, size, size), reusing a cache file when one matches."""
+    labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
+    if isinstance(source, ImageArrays):
+        images = torch.from_numpy(source.images)
+        if images.shape[-1] != size or images.shape[-2] != size:
+            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                                     antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+        return DecodedImages(images, labels)
+
+    path = cache_dir() / f"{fingerprint(source, size)}.npy" if use_disk_cache else None
+    if path is not None and path.exists():
+        return DecodedImages(torch.from_numpy(np.load(path, mmap_mode="c")), labels)
+
+    images = np.empty((len(source), 3, size, size), np.uint8)
+    loader = DataLoader(ImageFiles(source.paths, source.labels, _ResizeToTensor(size)), batch_size=64,
+                        num_workers=workers, shuffle=False)
+    start = 0
+    for batch, _ in loader:
+        images[start:start + len(batch)] = batch.numpy()
+        start += len(batch)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(f".{os.getpid()}.tmp")
+        with open(temporary, "wb") as f:
+            np.save(f, images)
+        os.replace(temporary, path)  # atomic: a concurrent or killed run never sees half a file
+    return DecodedImages(torch.from_numpy(images), labels)
+
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
