@@ -99,10 +99,113 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval", help="score a checkpoint: loss, top-1/5, per-class accuracy, confusion matrix",
+        description="Evaluate a checkpoint (or a run directory's best.pt) on the dataset and split it was "
+                    "trained on, or on another one. Writes confusion_matrix.png and per_class.csv.")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
+    p.add_argument("--dataset", choices=TRAIN_CHOICES["dataset"], default=None,
+                   help="default: the checkpoint's dataset")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
+    p.add_argument("--split", choices=TRAIN_CHOICES["split"], default=None,
+                   help="flowers102 split scheme; default: the checkpoint's")
+    p.add_argument("--subset", choices=("eval", "test", "train", "all"), default="eval",
+                   help="which images of the split to score (default eval: the run's validation images; "
+                        "all: every image, e.g. a separate test folder)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the PNG and CSV go (default: the checkpoint's folder)")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
+    p.add_argument("--device", choices=TRAIN_CHOICES["device"], default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from resnet.evaluate import evaluate_checkpoint, format_eval
+
+    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
+                                 args.device, args.batch_size, args.workers)
+    print(json.dumps(result) if args.json else format_eval(result))
+    return 0
+
+
+def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "predict", help="top-k classes of images, with probabilities",
+        description="Classify image files (a directory means every image file under it). An unreadable "
+                    "file is reported on stderr, the others are still predicted, and the exit status is 1.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run directory")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--top-k", type=positive_int, default=5)
+    output = p.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object")
+    output.add_argument("--csv", action="store_true", help="print CSV: path,rank,class,probability")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--device", choices=TRAIN_CHOICES["device"], default="auto")
+    p.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    import csv
+    import json
+
+    from resnet.evaluate import load_model_from_checkpoint
+    from resnet.predict import CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
+    from resnet.train import select_device
+
+    model, checkpoint = load_model_from_checkpoint(args.checkpoint)
+    device = select_device(args.device)
+    writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n") if args.csv else None
+    if writer:
+        writer.writeheader()
+    results, failed = [], 0
+    for prediction in predict_files(model, checkpoint, args.inputs, args.top_k, args.batch_size, device):
+        if prediction.error is not None:
+            failed += 1
+            print(f"resnet predict: {prediction.path}: {prediction.error}", file=sys.stderr)
+        elif args.json:
+            results.append(as_json(prediction))
+        elif writer:
+            writer.writerows(csv_rows(prediction))
+        else:
+            print(format_text(prediction))
+        sys.stdout.flush()
+    if args.json:
+        print(json.dumps({"checkpoint": checkpoint["path"], "predictions": results, "failed": failed}))
+    return 1 if failed else 0
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export", help="export a checkpoint to ONNX or TorchScript, checked against PyTorch",
+        description="Export with a dynamic batch axis; class names and preprocessing go into the file's "
+                    "metadata. The exported model is run against PyTorch on random input.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run directory")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", default=None, metavar="FILE",
+                   help="default: next to the checkpoint, as <name>.onnx / <name>.torchscript.pt")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |exported - PyTorch| (default 1e-3)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from resnet.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.format, args.out, args.tolerance)
+    print(f"wrote {result['out']} ({args.format}, {result['bytes'] / 1e6:.1f} MB, {result['arch']}, "
+          f"{result['classes']} classes, input (N, 3, {result['image_size']}, {result['image_size']}))")
+    print(f"max |{args.format} - pytorch| = {result['max_abs_diff']:.3g} on a random batch of {result['check_batch']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Train and use ResNet image classifiers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train_parser, add_list_parser, add_summary_parser):
+    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
+                add_list_parser, add_summary_parser):
         add(subparsers)
     return parser
 

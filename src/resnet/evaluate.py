@@ -1,0 +1,282 @@
+"""Using a trained model: load it from a checkpoint, and score it on a dataset.
+
+``load_model_from_checkpoint`` is shared by ``resnet eval``, ``resnet predict`` and
+``resnet export``: it reads a checkpoint without running code (``weights_only=True``),
+builds the architecture it names, and loads the EMA weights when the run kept them
+(the weights that were evaluated during training), else the plain ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resnet.augment import IMAGENET_MEAN, IMAGENET_STD
+from resnet.checkpoint import load_checkpoint
+from resnet.config import TrainConfig
+from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, decode, load_splits
+from resnet.errors import ResnetError
+from resnet.model import ResNet, get_model, list_models
+
+SUBSETS = ("eval", "test", "train", "all")
+
+
+# --- loading ----------------------------------------------------------------------
+
+
+def checkpoint_file(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory's ``best.pt`` (else its ``last.pt``)."""
+    path = Path(path)
+    if path.is_dir():
+        return path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
+    return path
+
+
+def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[ResNet, dict[str, Any]]:
+    """The model of a training checkpoint (or run directory), in eval mode on the CPU.
+
+    Returns ``(model, checkpoint)``; ``checkpoint["path"]`` is the file that was read and
+    ``checkpoint["normalization"]`` is always filled in. A missing, corrupt or foreign
+    file, or weights of another architecture, is a one-line ``ResnetError``.
+    """
+    file = checkpoint_file(path)
+    checkpoint = load_checkpoint(file)
+    absent = [key for key in ("arch", "classes", "model") if key not in checkpoint]
+    if absent:
+        raise ResnetError(f"{file} is not a checkpoint written by resnet train (it has no {', '.join(absent)})")
+    arch = checkpoint["arch"]
+    if arch not in list_models():
+        raise ResnetError(f"{file} names an unknown architecture {arch!r} (known: {', '.join(list_models())})")
+    classes = [str(name) for name in checkpoint["classes"]]
+    if not classes:
+        raise ResnetError(f"{file} has an empty class list")
+    use_ema = checkpoint.get("ema") is not None
+    state = checkpoint["ema"] if use_ema else checkpoint["model"]
+    if not isinstance(state, dict):
+        raise ResnetError(f"{file}: the {'ema' if use_ema else 'model'} entry is not a state_dict")
+
+    model = get_model(arch, num_classes=len(classes))
+    state = {_strip_prefixes(key): value for key, value in state.items()}
+    check_state_fits(state, model.state_dict(), f"{file} ({'ema' if use_ema else 'model'} weights)", arch)
+    model.load_state_dict(state)
+    model.eval()
+
+    checkpoint["path"] = str(file)
+    checkpoint["classes"] = classes
+    checkpoint["normalization"] = normalization_of(checkpoint)
+    checkpoint["weights_used"] = "ema" if use_ema else "model"
+    return model, checkpoint
+
+
+def _strip_prefixes(key: str) -> str:
+    # DistributedDataParallel's "module." and torch.compile's "_orig_mod.".
+    for prefix in ("module.", "_orig_mod."):
+        key = key.removeprefix(prefix)
+    return key
+
+
+def check_state_fits(state: dict[str, Any], own: dict[str, torch.Tensor], what: str, arch: str) -> None:
+    """One line naming the first mismatch, instead of load_state_dict's multi-line report."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ResnetError(f"{what} do not fit {arch}: {detail} (a checkpoint of another architecture?)")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ResnetError(f"{what}: entry {key!r} is not a tensor")
+        if value.shape != own[key].shape:
+            raise ResnetError(f"{what} do not fit {arch}: {key!r} has shape {tuple(value.shape)}, "
+                              f"the model expects {tuple(own[key].shape)} (a checkpoint of another architecture?)")
+
+
+def normalization_of(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """Mean, std and square input size of evaluation, as training used them."""
+    saved = checkpoint.get("normalization") or {}
+    config = TrainConfig.from_dict(checkpoint.get("config") or {})
+    return {"mean": [float(v) for v in saved.get("mean", IMAGENET_MEAN)],
+            "std": [float(v) for v in saved.get("std", IMAGENET_STD)],
+            "image_size": int(saved.get("image_size") or config.resolved_eval_image_size())}
+
+
+# --- the data to score ----------------------------------------------------------------
+
+
+def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir: str | None = None,
+                split: str | None = None, subset: str = "eval") -> tuple[Source, list[str], str, dict[str, Any]]:
+    """The images to score, labelled with the checkpoint's class indices.
+
+    Defaults to the dataset, data folder and split the checkpoint was trained on (an
+    image folder is split again with the run's seed and held-out fraction, so ``eval``
+    is exactly the run's validation set). Returns (source, dataset classes, name, where).
+    """
+    config = TrainConfig.from_dict(checkpoint.get("config") or {})
+    if dataset is not None and dataset not in DATASETS:
+        raise ResnetError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
+    same_dataset = dataset is None or dataset == config.dataset
+    dataset = dataset or config.dataset
+    if data_dir is None and same_dataset:
+        data_dir = config.data_dir
+    split = split or config.split
+    if subset not in SUBSETS:
+        raise ResnetError(f"unknown subset {subset!r}; choose one of: {', '.join(SUBSETS)}")
+    splits = load_splits(dataset, data_dir, split, config.val_fraction, config.seed, config.strict)
+    parts = {"eval": [splits.eval], "train": [splits.train], "test": [splits.test] if splits.test else [],
+             "all": [s for s in (splits.train, splits.eval, splits.test) if s is not None]}[subset]
+    if not parts:
+        raise ResnetError(f"{dataset} (split {split}) has no test subset; use --subset eval")
+    source = concatenate(parts)
+    name = splits.eval_name if subset == "eval" else subset
+    where = {"dataset": dataset, "data_dir": data_dir, "split": split, "subset": name}
+    return relabel(source, splits.classes, checkpoint["classes"]), list(splits.classes), name, where
+
+
+def concatenate(parts: list[Source]) -> Source:
+    if len(parts) == 1:
+        return parts[0]
+    if all(isinstance(p, ImageFiles) for p in parts):
+        return ImageFiles([x for p in parts for x in p.paths], [y for p in parts for y in p.labels])
+    if all(isinstance(p, ImageArrays) for p in parts):
+        return ImageArrays(np.concatenate([p.images for p in parts]), np.concatenate([p.labels for p in parts]))
+    raise ResnetError("cannot combine subsets of different kinds")
+
+
+def relabel(source: Source, dataset_classes: list[str], model_classes: list[str]) -> Source:
+    """Map the dataset's labels onto the checkpoint's classes by name."""
+    if list(dataset_classes) == list(model_classes):
+        return source
+    index = {name: i for i, name in enumerate(model_classes)}
+    unknown = [name for name in dataset_classes if name not in index]
+    if unknown:
+        raise ResnetError(f"the dataset has {len(unknown)} class(es) the checkpoint does not know, e.g. "
+                          f"{', '.join(repr(u) for u in unknown[:3])} (the checkpoint has {len(model_classes)} classes)")
+    mapping = np.array([index[name] for name in dataset_classes], dtype=np.int64)
+    if isinstance(source, ImageFiles):
+        return ImageFiles(source.paths, [int(mapping[label]) for label in source.labels])
+    return ImageArrays(source.images, mapping[np.asarray(source.labels)])
+
+
+# --- scoring -----------------------------------------------------------------------------
+
+
+def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(true class, predicted class) counts."""
+    flat = labels.long() * num_classes + predictions.long()
+    return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def per_class_rows(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for i, name in enumerate(classes):
+        images = int(confusion[i].sum())
+        correct = int(confusion[i, i])
+        rows.append({"class": name, "images": images, "correct": correct,
+                     "accuracy": correct / images if images else None})
+    return rows
+
+
+def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, device: torch.device | str = "cpu",
+             batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
+    """Loss, top-1, top-5, mean per-class accuracy, confusion matrix and per-class rows.
+
+    The images go through the training run's own evaluation path: decoded once at the
+    checkpoint's image size (square resize), then normalized with its mean and std.
+    """
+    from resnet.augment import Normalize
+    from resnet.train import classification_metrics, eval_batches, predict_logits
+
+    device = torch.device(device)
+    norm = checkpoint["normalization"]
+    data = decode(source, norm["image_size"], workers=workers)
+    normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
+    batches = ((normalize(data.images[i].to(device)), data.labels[i]) for i in eval_batches(len(data), batch_size))
+    model.to(device)
+    logits, labels = predict_logits(model, batches, device, None)
+    if not len(labels):
+        raise ResnetError("there are no images to evaluate")
+    classes = checkpoint["classes"]
+    metrics = classification_metrics(logits, labels)
+    confusion = confusion_matrix(logits.argmax(1), labels, len(classes))
+    rows = per_class_rows(confusion, classes)
+    scored = [row["accuracy"] for row in rows if row["accuracy"] is not None]
+    return {**metrics, "mean_class_accuracy": float(np.mean(scored)), "images": len(labels),
+            "confusion": confusion, "per_class": rows}
+
+
+def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=("class", "images", "correct", "accuracy"), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "accuracy": "" if row["accuracy"] is None else f"{row['accuracy']:.6f}"})
+    path.write_text(buffer.getvalue())
+
+
+def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:
+    """Rows: true class, columns: predicted; colour is the share of the row, numbers are counts."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = confusion.numpy()
+    totals = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
+    n = len(classes)
+    side = min(30.0, max(5.0, 0.25 * n + 3))
+    fig, ax = plt.subplots(figsize=(side + 1, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    ax.set(xlabel="predicted class", ylabel="true class", title=title)
+    if n <= 60:
+        ax.set_xticks(range(n), classes, rotation=90, fontsize=8 if n > 20 else 10)
+        ax.set_yticks(range(n), classes, fontsize=8 if n > 20 else 10)
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if counts[i, j]:
+                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if shares[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
+                        split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
+                        device: str = "cpu", batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
+    """``resnet eval``: score a checkpoint, write the confusion-matrix PNG and per-class CSV."""
+    from resnet.train import select_device
+
+    model, checkpoint = load_model_from_checkpoint(path)
+    source, _, subset_name, where = eval_source(checkpoint, dataset, data_dir, split, subset)
+    result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers)
+    out_dir = Path(out) if out is not None else Path(checkpoint["path"]).parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, table = out_dir / "confusion_matrix.png", out_dir / "per_class.csv"
+    plot_confusion(result["confusion"], checkpoint["classes"], png,
+                   f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")
+    write_per_class_csv(result["per_class"], table)
+    return {"checkpoint": checkpoint["path"], "arch": checkpoint["arch"], "weights": checkpoint["weights_used"],
+            **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
+            "loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
+            "mean_class_accuracy": result["mean_class_accuracy"],
+            "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"]}
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    top5 = "top-5" if result["classes"] >= 5 else f"top-{result['classes']}"
+    return "\n".join([
+        f"{result['arch']} ({result['weights']} weights) from {result['checkpoint']}",
+        f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes",
+        f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
+        f"mean per-class {100 * result['mean_class_accuracy']:.2f}%",
+        f"wrote {result['confusion_matrix_png']} and {result['per_class_csv']}",
+    ])

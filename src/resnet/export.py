@@ -1,0 +1,151 @@
+"""``resnet export``: a checkpoint as ONNX or TorchScript, checked against PyTorch.
+
+The exported graph takes a normalized float32 batch ``(N, 3, S, S)`` (N is dynamic)
+and returns logits ``(N, num_classes)``. What a caller needs to use it travels inside
+the file: class names, mean, std and input size (ONNX: ``metadata_props``, each value
+a JSON string; TorchScript: the extra file ``resnet.json``). After writing, the file is
+loaded back with its own runtime and compared with the PyTorch model on random input;
+the export fails if they differ by more than the tolerance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnet.errors import ResnetError
+
+FORMATS = ("onnx", "torchscript")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+TORCHSCRIPT_EXTRA = "resnet.json"
+
+
+def export_metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    from resnet import __version__
+
+    norm = checkpoint["normalization"]
+    size = norm["image_size"]
+    return {
+        "arch": checkpoint["arch"],
+        "classes": list(checkpoint["classes"]),
+        "mean": list(norm["mean"]),
+        "std": list(norm["std"]),
+        "image_size": size,
+        "input": f"float32 (N, 3, {size}, {size}): RGB resized to {size}x{size}, scaled to [0, 1], "
+                 "then (x - mean) / std per channel",
+        "output": "logits (N, num_classes); softmax gives probabilities",
+        "resnet_version": __version__,
+    }
+
+
+def require_onnx() -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise ResnetError(f"ONNX export needs onnx, onnxruntime and onnxscript ({error.name} is missing): "
+                          "pip install 'resnet[export]'") from None
+
+
+def export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: Path) -> None:
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (example,), None, dynamo=True, input_names=["input"],
+                                    output_names=["logits"], dynamic_shapes=({0: batch},), external_data=False,
+                                    verbose=False)
+    proto = program.model_proto
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    onnx.save(proto, str(out))
+
+
+def run_onnx(path: Path, images: torch.Tensor) -> torch.Tensor:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return torch.from_numpy(session.run(None, {name: images.numpy()})[0])
+
+
+def read_onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return {entry.key: json.loads(entry.value) for entry in model.metadata_props}
+
+
+def export_torchscript(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notices
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        torch.jit.save(traced, str(out), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
+
+
+def load_torchscript(path: str | os.PathLike) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    extra = {TORCHSCRIPT_EXTRA: ""}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return module, json.loads(extra[TORCHSCRIPT_EXTRA] or "{}")
+
+
+def run_torchscript(path: Path, images: torch.Tensor) -> torch.Tensor:
+    module, _ = load_torchscript(path)
+    with torch.no_grad():
+        return module(images)
+
+
+def export_checkpoint(path: str | os.PathLike, fmt: str = "onnx", out: str | os.PathLike | None = None,
+                      tolerance: float = 1e-3, check_batch: int = 3) -> dict[str, Any]:
+    """Export, reload, and compare on a random batch of ``check_batch`` images (a batch size
+    other than the export's example, so the dynamic batch axis is exercised too)."""
+    from resnet.evaluate import load_model_from_checkpoint
+
+    if fmt not in FORMATS:
+        raise ResnetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
+    model, checkpoint = load_model_from_checkpoint(path)
+    if out is None:
+        source = Path(checkpoint["path"])
+        out = source.with_name(source.stem + SUFFIXES[fmt])
+    out = Path(out)
+    if out.is_dir():
+        raise ResnetError(f"--out {out} is a directory; give a file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    metadata = export_metadata(checkpoint)
+    size = metadata["image_size"]
+    generator = torch.Generator().manual_seed(0)
+    example = torch.randn(2, 3, size, size, generator=generator)
+    if fmt == "onnx":
+        export_onnx(model, example, metadata, out)
+    else:
+        export_torchscript(model, example, metadata, out)
+
+    images = torch.randn(check_batch, 3, size, size, generator=generator)
+    with torch.no_grad():
+        expected = model(images)
+    got = run_onnx(out, images) if fmt == "onnx" else run_torchscript(out, images)
+    if got.shape != expected.shape:
+        raise ResnetError(f"the exported model returned shape {tuple(got.shape)} for a batch of {check_batch}, "
+                          f"PyTorch {tuple(expected.shape)}; {out} kept for inspection")
+    difference = (got.float() - expected).abs().max().item()
+    if not difference <= tolerance:  # also catches NaN
+        raise ResnetError(f"the exported model differs from PyTorch by up to {difference:.3g} "
+                          f"(tolerance {tolerance:g}); {out} kept for inspection")
+    return {"out": str(out), "format": fmt, "checkpoint": checkpoint["path"], "arch": checkpoint["arch"],
+            "weights": checkpoint["weights_used"], "max_abs_diff": difference, "check_batch": check_batch,
+            "image_size": size, "classes": len(checkpoint["classes"]), "bytes": out.stat().st_size}

@@ -1,0 +1,104 @@
+"""``resnet predict``: the top-k classes of image files, with probabilities.
+
+Each image is preprocessed as evaluation does it: opened upright as RGB (EXIF
+orientation, grayscale, palette, CMYK and alpha handled by ``open_rgb``), squashed to
+the checkpoint's square input size, scaled to [0, 1] and normalized with its mean and
+std. An unreadable file is reported on its own and the others are still predicted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from resnet.data import IMAGE_EXTENSIONS, _ResizeToTensor, open_rgb
+
+
+@dataclass
+class Prediction:
+    path: str
+    top: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
+    error: str | None = None  # why the file could not be read; ``top`` is then empty
+
+
+def image_files(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
+    """``(path, problem)`` for every file argument and every image file under a directory
+    argument (sorted); ``problem`` is None for a file to try, else why it is skipped."""
+    found: list[tuple[str, str | None]] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                found.append((str(path), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory"))
+            found += [(str(p), None) for p in files]
+        elif not path.exists():
+            found.append((str(path), "no such file"))
+        else:
+            found.append((str(path), None))
+    return found
+
+
+def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
+    """uint8 (3, size, size), exactly as the evaluation cache decodes an image."""
+    return _ResizeToTensor(size)(open_rgb(path))
+
+
+def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence[str | os.PathLike], top_k: int = 5,
+                  batch_size: int = 32, device: torch.device | str = "cpu") -> Iterator[Prediction]:
+    """Predictions in input order, ``batch_size`` images in memory at a time."""
+    from resnet.augment import Normalize
+
+    device = torch.device(device)
+    norm = checkpoint["normalization"]
+    classes = checkpoint["classes"]
+    k = max(1, min(top_k, len(classes)))
+    normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
+    model.eval().to(device)
+    files = image_files(inputs)
+    for start in range(0, len(files), batch_size):
+        chunk: list[Prediction] = []
+        images = []
+        for path, problem in files[start:start + batch_size]:
+            if problem is None:
+                try:
+                    images.append(load_image(path, norm["image_size"]))
+                except Exception as error:  # not an image, truncated, unreadable: report and go on
+                    problem = _one_line(error)
+            chunk.append(Prediction(path, error=problem))
+        if images:
+            with torch.no_grad():
+                logits = model(normalize(torch.stack(images).to(device))).float()
+            probabilities, indices = logits.softmax(1).topk(k, dim=1)
+            good = (p for p in chunk if p.error is None)
+            for prediction, row_p, row_i in zip(good, probabilities.tolist(), indices.tolist()):
+                prediction.top = [(classes[i], p) for i, p in zip(row_i, row_p)]
+        yield from chunk
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    text = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
+
+
+def format_text(prediction: Prediction) -> str:
+    return f"{prediction.path}: " + " | ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+
+
+CSV_COLUMNS = ("path", "rank", "class", "probability")
+
+
+def csv_rows(prediction: Prediction) -> list[dict[str, Any]]:
+    return [{"path": prediction.path, "rank": rank, "class": name, "probability": f"{p:.6f}"}
+            for rank, (name, p) in enumerate(prediction.top, 1)]
+
+
+def as_json(prediction: Prediction) -> dict[str, Any]:
+    return {"path": prediction.path, "top": [{"class": name, "probability": p} for name, p in prediction.top]}
