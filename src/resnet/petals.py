@@ -42,9 +42,9 @@ def draw_flower(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     direction = rng.uniform(0, 2 * np.pi)
     t = (np.cos(direction) * xs + np.sin(direction) * ys + 1) / 2
     image = (1 - t)[..., None] * c0 * 0.6 + t[..., None] * c1 * 0.6
-    image += rng.normal(0, 0.06, (size, size, 3))
+    image += rng.normal(0, 0.03, (size, size, 3))
     # The flower: centre, radius and rotation at random.
-    radius = rng.uniform(0.25, 0.42)
+    radius = rng.uniform(0.3, 0.45)
     cx, cy = rng.uniform(radius * 0.8, 1 - radius * 0.8, 2)
     dx, dy = xs - cx, ys - cy
     r = np.hypot(dx, dy) / radius
