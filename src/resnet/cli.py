@@ -201,11 +201,67 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return value
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
+    import os
+
+    from resnet.bench import BenchOptions
+
+    d = BenchOptions()
+    p = subparsers.add_parser(
+        "bench", help="training throughput: the tutorial's pipeline against ours, model only, data only",
+        description="Measure end-to-end training images/s of the tutorial's pipeline and ours on the same "
+                    "JPEGs (alternating rounds, median), the model-only step for each precision and memory "
+                    "format, and the data pipelines alone. Without --data-dir it generates JPEGs offline.")
+    p.add_argument("--arch", choices=list_models(), default=d.arch)
+    p.add_argument("--image-size", type=positive_int, default=d.image_size, metavar="PX")
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--steps", type=positive_int, default=d.steps, help=f"timed steps per round (default {d.steps})")
+    p.add_argument("--warmup", type=positive_int, default=d.warmup,
+                   help=f"untimed steps before each timed round (default {d.warmup})")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds,
+                   help=f"alternating rounds per pipeline; the median is reported (default {d.rounds})")
+    p.add_argument("--data-dir", metavar="DIR", help="a folder holding flowers-102/ (Flowers102 split 'test', the "
+                   "tutorial's training images) or an image folder (DIR/<class>/...); default: generated JPEGs")
+    p.add_argument("--images", type=positive_int, default=d.images,
+                   help=f"images generated, or the size of the fixed random subset of --data-dir (default {d.images})")
+    p.add_argument("--generated-size", type=positive_int, default=d.generated_size, metavar="PX",
+                   help=f"shorter side of the generated JPEGs (default {d.generated_size}, the tutorial's originals)")
+    p.add_argument("--workers", type=nonnegative_int, default=min(16, os.cpu_count() or 1),
+                   help="DataLoader workers of the tutorial's pipeline and of our decode (default: cpus, at most 16)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision,
+                   help="our pipeline's autocast precision (default auto); the tutorial's is fp32")
+    p.add_argument("--recipe", choices=("seed", "default"), default=d.recipe,
+                   help="our augmentation: seed (the tutorial's transforms, the default) or the default recipe's")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--note", default="", help="a remark stored with the results")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
+    p.add_argument("--out", metavar="FILE", help="also save the JSON to FILE")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from dataclasses import fields
+
+    from resnet.bench import BenchOptions, run
+
+    options = BenchOptions(**{f.name: getattr(args, f.name) for f in fields(BenchOptions)})
+    run(options, as_json=args.json, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="resnet", description="Train and use ResNet image classifiers.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
-                add_list_parser, add_summary_parser):
+                add_list_parser, add_summary_parser, add_bench_parser):
         add(subparsers)
     return parser
 
