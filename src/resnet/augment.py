@@ -46,12 +46,12 @@ def classic_train_transform(spec: AugmentSpec, image_size: int,
     if spec.color_jitter:
         j = spec.color_jitter
         steps.append(T.ColorJitter(brightness=j, contrast=j, saturation=j))
-    return T.Compose([*steps, T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(list(mean), list(std))])
 
 
 def classic_eval_transform(image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
                            std: tuple[float, ...] = IMAGENET_STD) -> T.Compose:
-    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(mean, std)])
+    return T.Compose([T.Resize((image_size, image_size)), T.ToTensor(), T.Normalize(list(mean), list(std))])
 
 
 # --- the batched path -------------------------------------------------------

@@ -31,9 +31,7 @@ def save_atomic(obj: Any, path: Path) -> None:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint as plain data. A missing, truncated or foreign file is a one-line error."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt" if (path / "best.pt").exists() else path / "last.pt"
-    if not path.exists():
+    if not path.is_file():
         raise ResnetError(f"no checkpoint at {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)

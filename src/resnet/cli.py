@@ -55,7 +55,7 @@ TRAIN_CHOICES = {
     "recipe": ("default", "seed"), "precision": ("auto", "fp32", "bf16", "fp16"),
     "device": ("auto", "cpu", "cuda", "mps"), "pipeline": ("fast", "classic"), "schedule": ("cosine", "constant"),
 }
-TRAIN_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int}
+TRAIN_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int, "float | None": float}
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:

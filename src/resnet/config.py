@@ -27,7 +27,9 @@ class TrainConfig:
     arch: str = "resnet18"
     zero_init_residual: bool = True
     weights: str | None = None  # imagenet | a checkpoint / state_dict file
-    freeze_backbone: bool = False
+    freeze_backbone: bool = False  # train the head only: a linear probe
+    head_epochs: int | None = None  # epochs training the head alone first; None: 1 with --weights, else 0
+    backbone_lr_scale: float | None = None  # backbone lr / head lr after that; None: 0.1 with --weights, else 1
     # recipe
     recipe: str = "default"
     epochs: int = 40
@@ -43,11 +45,11 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # per-step decay of the weight average that is evaluated; 0 = off
-    rotation: float = 30.0  # degrees
-    min_scale: float = 0.25  # smallest area fraction of the random-resized-crop
+    rotation: float = 0.0  # degrees
+    min_scale: float = 0.35  # smallest area fraction of the random-resized-crop
     hflip: float = 0.5
     vflip: float = 0.0
-    color_jitter: float = 0.2
+    color_jitter: float = 0.0
     # engine
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -62,6 +64,12 @@ class TrainConfig:
 
     def resolved_eval_image_size(self) -> int:
         return self.eval_image_size or round(self.image_size * 8 / 7)
+
+    def resolved_head_epochs(self) -> int:
+        return self.head_epochs if self.head_epochs is not None else (1 if self.weights else 0)
+
+    def resolved_backbone_lr_scale(self) -> float:
+        return self.backbone_lr_scale if self.backbone_lr_scale is not None else (0.1 if self.weights else 1.0)
 
     def resolved_cache_size(self) -> int:
         return self.cache_size or round(self.image_size * 8 / 7)
@@ -90,7 +98,7 @@ RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED_RECIPE}
 # and small: a short run at their own size trains in minutes on a laptop CPU.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "petals": dict(image_size=56, epochs=12, batch_size=32, lr=0.05,
-                   min_scale=0.6, color_jitter=0.1),
+                   rotation=30.0, min_scale=0.6, color_jitter=0.1),
     "flowers102": {},
     "imagefolder": dict(image_size=224),
 }
@@ -129,6 +137,8 @@ def validate(config: TrainConfig) -> None:
         raise ResnetError(f"--lr must be positive, got {config.lr}")
     if not 0 < config.min_scale <= 1:
         raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
+    if config.backbone_lr_scale is not None and config.backbone_lr_scale < 0:
+        raise ResnetError(f"--backbone-lr-scale must be at least 0, got {config.backbone_lr_scale}")
     if not 0 <= config.ema_decay < 1:
         raise ResnetError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
 

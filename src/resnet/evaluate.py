@@ -24,6 +24,7 @@ from resnet.config import TrainConfig
 from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, decode, load_splits
 from resnet.errors import ResnetError
 from resnet.model import ResNet, get_model, list_models
+from resnet.weights import check_state_fits, strip_wrapper_prefixes
 
 SUBSETS = ("eval", "test", "train", "all")
 
@@ -63,7 +64,7 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[ResNet, dict[st
         raise ResnetError(f"{file}: the {'ema' if use_ema else 'model'} entry is not a state_dict")
 
     model = get_model(arch, num_classes=len(classes))
-    state = {_strip_prefixes(key): value for key, value in state.items()}
+    state = strip_wrapper_prefixes(state)
     check_state_fits(state, model.state_dict(), f"{file} ({'ema' if use_ema else 'model'} weights)", arch)
     model.load_state_dict(state)
     model.eval()
@@ -73,28 +74,6 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[ResNet, dict[st
     checkpoint["normalization"] = normalization_of(checkpoint)
     checkpoint["weights_used"] = "ema" if use_ema else "model"
     return model, checkpoint
-
-
-def _strip_prefixes(key: str) -> str:
-    # DistributedDataParallel's "module." and torch.compile's "_orig_mod.".
-    for prefix in ("module.", "_orig_mod."):
-        key = key.removeprefix(prefix)
-    return key
-
-
-def check_state_fits(state: dict[str, Any], own: dict[str, torch.Tensor], what: str, arch: str) -> None:
-    """One line naming the first mismatch, instead of load_state_dict's multi-line report."""
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ResnetError(f"{what} do not fit {arch}: {detail} (a checkpoint of another architecture?)")
-    for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ResnetError(f"{what}: entry {key!r} is not a tensor")
-        if value.shape != own[key].shape:
-            raise ResnetError(f"{what} do not fit {arch}: {key!r} has shape {tuple(value.shape)}, "
-                              f"the model expects {tuple(own[key].shape)} (a checkpoint of another architecture?)")
 
 
 def normalization_of(checkpoint: dict[str, Any]) -> dict[str, Any]:

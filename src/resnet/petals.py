@@ -1,7 +1,8 @@
 """Petals: a small built-in image dataset, drawn procedurally, so training runs offline.
 
 Each image is one flower on a textured background. The class is the petal shape
-(five kinds) crossed with the petal count (four or eight): ten classes. Colour,
+(five kinds: round, pointed, thin, tipped in a second colour, hollow) crossed with the
+petal count (four or eight): ten classes. Colour,
 size, rotation, position, centre and background vary at random, so the class
 must be read from the geometry. Everything is deterministic from the seed.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SHAPES = ("round", "pointed", "thin", "notched", "hollow")
+SHAPES = ("round", "pointed", "thin", "tipped", "hollow")
 COUNTS = (4, 8)
 CLASSES = [f"{count}-{shape}" for shape in SHAPES for count in COUNTS]
 
@@ -25,10 +26,7 @@ def petal_radius(shape: str, count: int, theta: np.ndarray) -> np.ndarray:
         return 0.3 + 0.7 * saw ** 2
     if shape == "thin":
         return 0.2 + 0.8 * phase ** 12
-    if shape == "notched":
-        return (0.35 + 0.65 * phase ** 0.5) * (1 - 0.35 * np.abs(np.sin(count * theta)) ** 8
-                                               * (phase > 0.7))
-    if shape == "hollow":
+    if shape in ("tipped", "hollow"):
         return 0.35 + 0.65 * phase ** 0.5
     raise ValueError(f"unknown petal shape {shape!r}")
 
@@ -57,6 +55,9 @@ def draw_flower(rng: np.random.Generator, label: int, size: int) -> np.ndarray:
     petal_colour[rng.integers(3)] = rng.uniform(0, 0.3)  # a saturated hue
     shade = 1 - 0.35 * r[..., None]
     image = np.where(petals[..., None], petal_colour * shade, image)
+    if shape == "tipped":
+        tips = petals & (r > outer * 0.7)
+        image = np.where(tips[..., None], (1 - petal_colour) * 0.9 + 0.05, image)
     disc = r < rng.uniform(0.15, 0.25)
     image = np.where(disc[..., None], rng.uniform(0.3, 1, 3) * rng.uniform(0.4, 0.8), image)
     image = np.clip(image + rng.normal(0, 0.02, (size, size, 3)), 0, 1)

@@ -100,14 +100,36 @@ def build_model(config: TrainConfig, num_classes: int) -> ResNet:
     return model
 
 
+def is_head(parameter_name: str) -> bool:
+    return parameter_name.startswith("fc.")
+
+
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv and linear weights only: decaying BatchNorm scales and
-    biases only fights the normalization and costs accuracy."""
-    decay, no_decay = [], []
-    for parameter in model.parameters():
+    """Backbone and head, each split for weight decay: decay on conv and linear weights
+    only, since decaying BatchNorm scales and biases only fights the normalization."""
+    groups = {(head, decays): [] for head in (False, True) for decays in (True, False)}
+    for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            groups[(is_head(name), parameter.ndim > 1)].append(parameter)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "head": head}
+            for (head, decays), params in groups.items() if params]
+
+
+def group_learning_rate(config: TrainConfig, lr: float, head: bool, epoch: int) -> float:
+    """fastai's fine_tune: with pretrained weights the head trains alone first, then the
+    backbone joins at a lower learning rate, so a random head cannot wreck its features."""
+    if head:
+        return lr
+    if epoch < config.resolved_head_epochs():
+        return 0.0
+    return lr * config.resolved_backbone_lr_scale()
+
+
+def freeze_backbone_batchnorm(model: nn.Module) -> None:
+    """A frozen backbone keeps its BatchNorm statistics too: eval mode for every BN outside the head."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_head(name + "."):
+            module.eval()
 
 
 def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -354,6 +376,8 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config, num_classes)
     if config.sync_bn and topology.enabled:
+        if device.type != "cuda":
+            raise ResnetError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
     optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
@@ -416,6 +440,8 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
                 step_inputs = ((state.step + j, lambda b=b: b) for j, b in enumerate(loader))
 
             train_model.train()
+            if config.freeze_backbone:
+                freeze_backbone_batchnorm(model)
             epoch_start = time.perf_counter()
             images_at_start = state.images_seen
             loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=device)
@@ -429,7 +455,7 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
                     images = images.contiguous(memory_format=torch.channels_last)
                 lr = learning_rate(config, epoch * steps_per_epoch + step, steps_per_epoch)
                 for group in optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = group_learning_rate(config, lr, group["head"], epoch)
                 with autocast(device, dtype):
                     loss = F.cross_entropy(train_model(images), labels, label_smoothing=config.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
@@ -534,6 +560,7 @@ def checkpoint_dict(config: TrainConfig, model: nn.Module, optimizer, scaler, em
                           "image_size": config.resolved_eval_image_size()},
         "model": unwrap(model).state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_updates": int(ema.n_averaged) if ema is not None else 0,  # the average restarts at 0
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
         "state": asdict(state),
@@ -552,6 +579,7 @@ def restore(path: Path, model: nn.Module, optimizer, scaler, ema) -> RunState:
     scaler.load_state_dict(checkpoint["scaler"])
     if ema is not None and checkpoint.get("ema") is not None:
         ema.module.load_state_dict(checkpoint["ema"])
+        ema.n_averaged.fill_(checkpoint["ema_updates"])
     return RunState(**checkpoint["state"])
 
 

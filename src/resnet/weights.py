@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -33,15 +34,32 @@ def state_dict_from(spec: str, arch: str) -> dict[str, torch.Tensor]:
         raise ResnetError(f"--weights {spec}: no such file (or use --weights imagenet)")
     obj = load_checkpoint(spec)
     state = obj["model"] if "model" in obj and isinstance(obj["model"], dict) else obj
-    # Strip the wrappers' prefixes: DistributedDataParallel's "module." and torch.compile's "_orig_mod.".
+    return strip_wrapper_prefixes(state)
+
+
+def strip_wrapper_prefixes(state: dict[str, Any]) -> dict[str, Any]:
+    """Keys without DistributedDataParallel's "module." and torch.compile's "_orig_mod."."""
     cleaned = {}
     for key, value in state.items():
-        if not isinstance(value, torch.Tensor):
-            raise ResnetError(f"--weights {spec}: entry {key!r} is not a tensor; not a state_dict")
         for prefix in ("module.", "_orig_mod."):
             key = key.removeprefix(prefix)
         cleaned[key] = value
     return cleaned
+
+
+def check_state_fits(state: dict[str, Any], own: dict[str, torch.Tensor], what: str, arch: str) -> None:
+    """One line naming the first mismatch, instead of load_state_dict's multi-line report."""
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        raise ResnetError(f"{what} do not fit {arch}: {detail} (a checkpoint of another architecture?)")
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise ResnetError(f"{what}: entry {key!r} is not a tensor")
+        if value.shape != own[key].shape:
+            raise ResnetError(f"{what} do not fit {arch}: tensor {key!r} has shape {tuple(value.shape)}, "
+                              f"the model expects {tuple(own[key].shape)} (a checkpoint of another architecture?)")
 
 
 def load_pretrained(model: nn.Module, spec: str, arch: str) -> list[str]:
@@ -57,14 +75,7 @@ def load_pretrained(model: nn.Module, spec: str, arch: str) -> list[str]:
                       f"{own['fc.weight'].shape[0]}: the head (fc) is re-initialized", stacklevel=2)
         skipped = ["fc.weight", "fc.bias"]
         state = {k: v for k, v in state.items() if k not in skipped}
-    missing = sorted(set(own) - set(state) - set(skipped))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-        raise ResnetError(f"--weights {spec} does not fit {arch}: {detail} (another architecture?)")
-    for key, value in state.items():
-        if value.shape != own[key].shape:
-            raise ResnetError(f"--weights {spec} does not fit {arch}: tensor {key!r} has shape "
-                              f"{tuple(value.shape)}, the model expects {tuple(own[key].shape)}")
+        own = {k: v for k, v in own.items() if k not in skipped}
+    check_state_fits(state, own, f"--weights {spec}", arch)
     model.load_state_dict(state, strict=False)
     return skipped

@@ -1,0 +1,477 @@
+"""Training: datasets and splits, the tutorial's recipe, the batched warp, resume, faults."""
+
+from __future__ import annotations
+
+import csv
+import json
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from conftest import make_image_folder
+from resnet import augment, train as train_module
+from resnet.checkpoint import load_checkpoint, save_atomic
+from resnet.cli import main
+from resnet.config import resolve_config
+from resnet.data import PETALS_SIZES, decode, load_splits, open_rgb
+from resnet.errors import ResnetError
+from resnet.petals import CLASSES, make_petals
+
+TINY = ["--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
+        "--quiet", "--arch", "resnet18"]
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+# --- the tutorial's recipe ------------------------------------------------------------
+
+
+def test_seed_recipe_is_the_tutorials():
+    config = resolve_config({"recipe": "seed", "dataset": "flowers102"})
+    assert (config.arch, config.lr, config.momentum, config.weight_decay) == ("resnet34", 0.02, 0.9, 0.0)
+    assert (config.batch_size, config.epochs, config.seed, config.image_size) == (256, 500, 0, 224)
+    assert (config.schedule, config.label_smoothing, config.nesterov, config.warmup_epochs) == ("constant", 0, False, 0)
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    tutorial_train = T.Compose([
+        T.RandomRotation(30), T.RandomResizedCrop((224, 224)), T.RandomHorizontalFlip(p=0.5),
+        T.RandomVerticalFlip(p=0.5), T.ToTensor(), T.Normalize(mean=mean, std=std)])
+    tutorial_test = T.Compose([T.Resize((224, 224)), T.ToTensor(), T.Normalize(mean=mean, std=std)])
+    ours_train = augment.classic_train_transform(train_module.augment_spec(config), config.image_size)
+    ours_test = augment.classic_eval_transform(config.resolved_eval_image_size())
+    assert repr(ours_train) == repr(tutorial_train)
+    assert repr(ours_test) == repr(tutorial_test)
+
+
+def test_command_line_overrides_the_recipe():
+    config = resolve_config({"recipe": "seed", "lr": 0.5, "epochs": 3, "dataset": "petals"})
+    assert (config.lr, config.epochs, config.batch_size) == (0.5, 3, 256)
+
+
+# --- the batched warp ------------------------------------------------------------------
+
+
+def images(n: int = 2, size: int = 8) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0))
+
+
+def theta(rows: list[list[float]], n: int = 2) -> torch.Tensor:
+    return torch.tensor(rows, dtype=torch.float32).expand(n, 2, 3)
+
+
+def test_identity_warp_returns_the_input():
+    x = images()
+    torch.testing.assert_close(augment.warp(x, theta([[1, 0, 0], [0, 1, 0]]), 8), x)
+
+
+def test_flip_warps_mirror_the_image():
+    x = images()
+    torch.testing.assert_close(augment.warp(x, theta([[-1, 0, 0], [0, 1, 0]]), 8), x.flip(-1))
+    torch.testing.assert_close(augment.warp(x, theta([[1, 0, 0], [0, -1, 0]]), 8), x.flip(-2))
+
+
+def test_quarter_turn_moves_known_pixels():
+    x = torch.zeros(1, 3, 8, 8)
+    x[0, :, 0, 7] = 1.0  # top-right corner
+    out = augment.warp(x, theta([[0, -1, 0], [1, 0, 0]], n=1), 8)
+    torch.testing.assert_close(out, torch.rot90(x, 1, dims=(-2, -1)), atol=1e-6, rtol=0)
+    assert out[0, 0, 0, 0] == pytest.approx(1.0)  # it is now the top-left corner
+
+
+def test_degenerate_spec_samples_the_identity():
+    spec = augment.AugmentSpec(rotation=0, scale=(1, 1), ratio=(1, 1), hflip=0, vflip=0)
+    matrices = augment.sample_affine(16, spec, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(matrices, theta([[1, 0, 0], [0, 1, 0]], n=16))
+
+
+def test_sampled_warps_follow_torchvisions_distributions():
+    spec = augment.AugmentSpec(rotation=30, scale=(0.08, 1.0), hflip=0.5, vflip=0.5)
+    n = 4000
+    m = augment.sample_affine(n, spec, torch.Generator().manual_seed(0))
+    linear = m[:, :, :2]
+    area = linear.det().abs()  # |det| = crop area fraction (rotation and flips keep it)
+    assert area.min() >= 0.08 - 1e-5 and area.max() <= 1 + 1e-5
+    flips = (linear.det() < 0).float().mean().item()  # one flip of the two flips the orientation
+    assert flips == pytest.approx(0.5, abs=0.05)
+    # The crop stays inside the rotated image: centre +- half-size within [-1, 1].
+    boxes = augment.sample_crop_boxes(n, spec, torch.Generator().manual_seed(1))
+    assert (boxes[:, 0] - boxes[:, 2] / 2 >= -1e-6).all() and (boxes[:, 0] + boxes[:, 2] / 2 <= 1 + 1e-6).all()
+    ratio = boxes[:, 2] / boxes[:, 3]
+    assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
+
+
+def test_augment_batch_shapes_and_range():
+    x = (images(4, 16) * 255).to(torch.uint8)
+    out = augment.augment_batch(x, augment.AugmentSpec(color_jitter=0.3), 12, torch.Generator().manual_seed(0))
+    assert out.shape == (4, 3, 12, 12) and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+# --- datasets -----------------------------------------------------------------------------
+
+
+def test_petals_are_deterministic_balanced_and_sized():
+    a, labels = make_petals(40, size=64, seed=3)
+    b, _ = make_petals(40, size=64, seed=3)
+    assert a.shape == (40, 3, 64, 64) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    assert np.bincount(labels).tolist() == [4] * len(CLASSES) and len(CLASSES) >= 10
+    splits = load_splits("petals")
+    assert (len(splits.train), len(splits.eval)) == (PETALS_SIZES["train"], PETALS_SIZES["eval"])
+
+
+def test_imagefolder_split_by_fraction_is_stratified_and_seeded(folder):
+    splits = load_splits("imagefolder", str(folder), val_fraction=1 / 3, seed=0)
+    assert splits.classes == ["a", "b", "c"]
+    assert np.bincount(splits.eval.labels).tolist() == [2, 2, 2]
+    assert np.bincount(splits.train.labels).tolist() == [4, 4, 4]
+    assert not set(splits.train.paths) & set(splits.eval.paths)
+    again = load_splits("imagefolder", str(folder), val_fraction=1 / 3, seed=0)
+    assert again.eval.paths == splits.eval.paths
+    assert load_splits("imagefolder", str(folder), val_fraction=1 / 3, seed=1).eval.paths != splits.eval.paths
+
+
+def test_imagefolder_train_val_layout(tmp_path):
+    make_image_folder(tmp_path / "d" / "train", ["x", "y"], per_class=3)
+    make_image_folder(tmp_path / "d" / "val", ["x", "y"], per_class=1, seed=1)
+    splits = load_splits("imagefolder", str(tmp_path / "d"))
+    assert (len(splits.train), len(splits.eval), splits.classes) == (6, 2, ["x", "y"])
+
+
+def test_unreadable_files_are_listed_once_and_skipped(folder):
+    (folder / "a" / "broken.png").write_bytes(b"not an image")
+    good = folder / "b" / "0.png"
+    jpeg = folder / "b" / "truncated.jpg"
+    Image.open(good).save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    with pytest.warns(UserWarning, match=r"skipping 2 unreadable image\(s\): .*broken.png.*truncated.jpg"):
+        splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
+    assert len(splits.train) + len(splits.eval) == 18 and len(splits.skipped) == 2
+    with pytest.raises(ResnetError, match=r"2 unreadable image\(s\)"):
+        load_splits("imagefolder", str(folder), strict=True)
+
+
+def test_odd_image_modes_become_upright_rgb(tmp_path):
+    Image.new("L", (10, 6), 128).save(tmp_path / "gray.png")
+    Image.new("RGBA", (10, 6), (255, 0, 0, 0)).save(tmp_path / "clear.png")
+    Image.new("CMYK", (10, 6), (0, 255, 0, 0)).save(tmp_path / "cmyk.jpg")
+    rotated = Image.new("RGB", (10, 6), (0, 0, 255))
+    exif = rotated.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees on display
+    rotated.save(tmp_path / "exif.jpg", exif=exif)
+    for name in ("gray.png", "clear.png", "cmyk.jpg"):
+        image = open_rgb(tmp_path / name)
+        assert (image.mode, image.size) == ("RGB", (10, 6)), name
+    assert open_rgb(tmp_path / "clear.png").getpixel((0, 0)) == (255, 255, 255)  # transparent -> white
+    assert open_rgb(tmp_path / "exif.jpg").size == (6, 10)
+
+
+def make_fake_flowers(root: Path, monkeypatch, per_class: int = 4, classes: int = 3) -> Path:
+    """Flowers-102's official layout: jpg/image_%05d.jpg, imagelabels.mat, setid.mat."""
+    base = root / "flowers-102"
+    (base / "jpg").mkdir(parents=True)
+    n = per_class * classes
+    labels = np.repeat(np.arange(1, classes + 1), per_class)
+    rng = np.random.default_rng(0)
+    for image_id in range(1, n + 1):
+        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(base / "jpg" / f"image_{image_id:05d}.jpg")
+    ids = np.arange(1, n + 1).reshape(classes, per_class)
+    scipy.io.savemat(base / "imagelabels.mat", {"labels": labels})
+    scipy.io.savemat(base / "setid.mat", {"trnid": ids[:, 0], "valid": ids[:, 1], "tstid": ids[:, 2:].ravel()})
+    # The real files' checksums are checked by torchvision; the stand-ins only need to exist.
+    monkeypatch.setattr("torchvision.datasets.flowers102.check_integrity", lambda path, md5=None: Path(path).exists())
+    return root
+
+
+def test_flowers102_splits(tmp_path, monkeypatch):
+    root = make_fake_flowers(tmp_path / "data", monkeypatch)
+    seed = load_splits("flowers102", str(root), split="seed")
+    assert (len(seed.train), len(seed.eval), seed.test) == (6, 3, None)  # trains on "test", evaluates on "train"
+    assert seed.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"] and len(seed.classes) == 102
+    official = load_splits("flowers102", str(root), split="official")
+    assert (len(official.train), len(official.eval), len(official.test)) == (3, 3, 6)
+    assert sorted(official.train.labels) == [0, 1, 2]
+
+
+def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, capsys):
+    def offline(self):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("torchvision.datasets.Flowers102.download", offline)
+    code = main(["train", "--dataset", "flowers102", "--data-dir", str(tmp_path / "nothing"), "--out",
+                 str(tmp_path / "run"), *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "Flowers-102 is not in" in err and "--data-dir" in err
+
+
+def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
+    source = load_splits("imagefolder", str(folder)).train
+    first = decode(source, 16, workers=0)
+    monkeypatch.setattr("resnet.data.DataLoader", None)  # a second decode would fail
+    second = decode(source, 16, workers=0)
+    torch.testing.assert_close(first.images, second.images)
+    assert first.images.shape == (len(source), 3, 16, 16) and first.images.dtype == torch.uint8
+
+
+# --- a run and its outputs -------------------------------------------------------------------
+
+
+def test_a_run_writes_its_outputs(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir), *TINY]) == 0
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "metrics.csv", "curves.png", "last.pt", "best.pt",
+                                                   "summary.json"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_images"] + summary["eval_images"] == 18 and summary["num_classes"] == 3
+    rows = read_metrics(run_dir)
+    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds"]
+    assert [int(r["epoch"]) for r in rows] == [1, 2] == list(range(1, summary["epochs"] + 1))
+    assert summary["final_top1"] == pytest.approx(float(rows[-1]["top1"]))
+    assert summary["best_top1"] == pytest.approx(max(float(r["top1"]) for r in rows))
+    assert json.loads((run_dir / "config.json").read_text())["image_size"] == 32
+    checkpoint = load_checkpoint(run_dir / "last.pt")  # weights_only: plain data
+    assert checkpoint["classes"] == ["a", "b", "c"] and checkpoint["state"]["epoch"] == 2
+
+
+def test_classic_pipeline_trains_too(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir),
+                 "--pipeline", "classic", *TINY]) == 0
+    assert len(read_metrics(run_dir)) == 2
+
+
+class Kill(Exception):
+    pass
+
+
+def interrupt_at(monkeypatch, global_step: int, exception: type[BaseException] | None = None) -> None:
+    """Make the loop see Ctrl-C (or die, with ``exception``) right after its ``global_step``-th step."""
+    calls = iter(range(10**6))
+
+    def fake(stop, topology, step):
+        if next(calls) == global_step:
+            if exception is not None:
+                raise exception()
+            return True
+        return False
+
+    monkeypatch.setattr(train_module, "stop_requested", fake)
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how):
+    args = ["--dataset", "imagefolder", "--data-dir", str(folder), "--lr", "0.05", *TINY,
+            "--epochs", "3", "--ema-decay", "0.9"]
+    assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
+
+    with monkeypatch.context() as patch:
+        # 15 training images in batches of 4: 4 steps an epoch; stop after epoch 2's second step.
+        interrupt_at(patch, 4 + 1, exception=None if how == "ctrl-c" else Kill)
+        if how == "ctrl-c":
+            assert main(["train", *args, "--out", str(tmp_path / "cut")]) == 130
+        else:
+            with pytest.raises(Kill):
+                main(["train", *args, "--out", str(tmp_path / "cut")])
+    saved = load_checkpoint(tmp_path / "cut" / "last.pt")["state"]
+    assert (saved["epoch"], saved["step"]) == ((1, 2) if how == "ctrl-c" else (1, 0))
+    assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
+
+    whole, cut = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    for part in ("model", "ema"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, cut[part][key]), (part, key)
+    columns = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr")
+    assert [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "whole")] == \
+           [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "cut")]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    save_atomic({"version": 1}, path)
+
+    def crash(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        save_atomic({"version": 2}, path)
+    assert load_checkpoint(path) == {"version": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+# --- faults -----------------------------------------------------------------------------------
+
+
+def one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def test_existing_out_dir_is_never_overwritten(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out), *TINY]) == 2
+    assert "already exists and is not empty" in one_line_error(capsys)
+    assert (out / "notes.txt").read_text() == "keep me"
+
+
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out), *TINY]
+    assert main([*args[:-len(TINY)], *TINY, "--epochs", "1"]) == 0
+    good = load_checkpoint(out / "last.pt")
+    capsys.readouterr()
+    # Resuming with more epochs at an absurd learning rate diverges in the second epoch.
+    config = json.loads((out / "config.json").read_text())
+    config.update(lr=1e30, warmup_epochs=0)
+    (out / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(out), "--epochs", "3"]) == 2
+    err = one_line_error(capsys)
+    assert "the training loss became nan" in err or "the training loss became inf" in err
+    assert "Last good checkpoint" in err
+    kept = load_checkpoint(out / "last.pt")
+    assert all(torch.equal(v, kept["model"][k]) for k, v in good["model"].items())
+
+
+@pytest.mark.parametrize(
+    "make,args,message",
+    [
+        (lambda root: None, ["--dataset", "imagefolder"], "needs --data-dir"),
+        (lambda root: root.mkdir(), ["--dataset", "imagefolder", "--data-dir", "{root}"], "has no class sub-folders"),
+        (lambda root: (root / "a").mkdir(parents=True), ["--dataset", "imagefolder", "--data-dir", "{root}"],
+         "has no images"),
+        (lambda root: None, ["--dataset", "imagefolder", "--data-dir", "{root}"], "is not a directory"),
+        (lambda root: None, ["--resume", "{root}"], "is not a run directory"),
+        (lambda root: None, ["--image-size", "16"], "--image-size must be at least 32"),
+        (lambda root: None, ["--lr", "-1"], "--lr must be positive"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, make, args, message):
+    root = tmp_path / "data"
+    make(root)
+    code = main(["train", *[a.format(root=root) for a in args], "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert message in one_line_error(capsys)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    config = resolve_config({"lr": 0.1, "warmup_epochs": 1, "epochs": 11})
+    lrs = [train_module.learning_rate(config, step, 10) for step in range(110)]
+    assert lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
+    assert lrs[60] == pytest.approx(0.05, rel=0.02)
+    assert lrs[-1] < 0.001 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def test_weight_decay_skips_norms_and_biases():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
+    decay, no_decay = train_module.parameter_groups(model, 5e-4)
+    assert {p.ndim for p in decay["params"]} == {4, 2} and no_decay["weight_decay"] == 0
+    assert len(no_decay["params"]) == 4  # BN weight and bias, the two biases
+    assert not decay["head"] and not no_decay["head"]
+
+
+def test_epoch_batches_shard_the_permutation_disjointly():
+    from resnet.distributed import Topology
+
+    whole = train_module.epoch_batches(50, 8, seed=0, epoch=3)
+    assert [len(b) for b in whole] == [8] * 6 + [2]
+    shards = [train_module.epoch_batches(50, 8, seed=0, epoch=3, topology=Topology(r, 2)) for r in (0, 1)]
+    # Each global batch of 8 splits into two disjoint halves; the final 2 images cannot feed
+    # two BatchNorms a pair each, so both ranks drop them.
+    assert [len(b) for b in shards[0]] == [4] * 6
+    for i in range(6):
+        assert sorted(torch.cat([shards[0][i], shards[1][i]]).tolist()) == sorted(whole[i].tolist())
+    assert not torch.equal(torch.cat(whole), torch.cat(train_module.epoch_batches(50, 8, seed=0, epoch=4)))
+
+
+# --- pretrained weights and fine-tuning ---------------------------------------------------------
+
+
+@pytest.fixture
+def torchvision_pth(tmp_path) -> Path:
+    import torchvision
+
+    torch.manual_seed(1)
+    reference = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18-torchvision.pth"
+    torch.save(reference.state_dict(), path)
+    return path
+
+
+def test_torchvision_weights_load_and_give_identical_outputs(torchvision_pth):
+    import torchvision
+
+    reference = torchvision.models.resnet18(weights=None)
+    reference.load_state_dict(torch.load(torchvision_pth, weights_only=True))
+    ours = train_module.build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=1000)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
+    with pytest.warns(UserWarning, match="1000 classes and this model 3: the head .fc. is re-initialized"):
+        three = train_module.build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=3)
+    with torch.no_grad():
+        torch.testing.assert_close(three.eval().forward_features(x), reference.eval().layer4(
+            reference.layer3(reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(
+                reference.conv1(x)))))))))
+
+
+def test_freeze_backbone_leaves_every_backbone_tensor_unchanged(folder, tmp_path, torchvision_pth):
+    out = tmp_path / "probe"
+    with pytest.warns(UserWarning, match="re-initialized"):
+        assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
+                     "--weights", str(torchvision_pth), "--freeze-backbone", *TINY]) == 0
+    before = torch.load(torchvision_pth, weights_only=True)
+    after = load_checkpoint(out / "last.pt")["model"]
+    for key, value in after.items():
+        if not key.startswith("fc."):
+            assert torch.equal(value, before[key]), key
+    assert after["fc.weight"].shape == (3, 512)
+
+
+def test_fine_tune_trains_the_head_first(folder, tmp_path, torchvision_pth):
+    config = resolve_config({"weights": str(torchvision_pth), "lr": 0.1})
+    assert train_module.group_learning_rate(config, 0.1, head=False, epoch=0) == 0.0
+    assert train_module.group_learning_rate(config, 0.1, head=True, epoch=0) == 0.1
+    assert train_module.group_learning_rate(config, 0.1, head=False, epoch=1) == pytest.approx(0.01)
+    assert train_module.group_learning_rate(resolve_config({}), 0.1, head=False, epoch=0) == 0.1
+
+
+def test_weights_of_another_architecture_name_the_tensor(tmp_path, capsys, folder):
+    path = tmp_path / "resnet34.pth"
+    state = train_module.get_model("resnet18").state_dict()
+    state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save(state, path)
+    code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--weights", str(path),
+                 "--out", str(tmp_path / "run"), *TINY])
+    assert code == 2
+    assert "tensor 'layer1.0.conv1.weight' has shape (64, 64, 1, 1)" in one_line_error(capsys)
+
+
+def test_imagenet_weights_offline_is_one_line(tmp_path, capsys, monkeypatch, folder):
+    import torchvision
+
+    def offline(self, *args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--weights", "imagenet",
+                 "--out", str(tmp_path / "run"), *TINY])
+    assert code == 2
+    assert "could not download torchvision's ImageNet weights for resnet18" in one_line_error(capsys)
