@@ -392,13 +392,29 @@ def test_epoch_batches_shard_the_permutation_disjointly():
 
     whole = train_module.epoch_batches(50, 8, seed=0, epoch=3)
     assert [len(b) for b in whole] == [8] * 6 + [2]
-    shards = [train_module.epoch_batches(50, 8, seed=0, epoch=3, topology=Topology(r, 2)) for r in (0, 1)]
-    # Each global batch of 8 splits into two disjoint halves; the final 2 images cannot feed
-    # two BatchNorms a pair each, so both ranks drop them.
-    assert [len(b) for b in shards[0]] == [4] * 6
-    for i in range(6):
-        assert sorted(torch.cat([shards[0][i], shards[1][i]]).tolist()) == sorted(whole[i].tolist())
+    # The final 2 images cannot give two ranks a pair each (BatchNorm needs two), so two ranks drop them.
+    two = train_module.epoch_batches(50, 8, seed=0, epoch=3, world_size=2)
+    assert [torch.equal(a, b) for a, b in zip(whole, two)] == [True] * 6 and len(two) == 6
+    for batch in two:
+        halves = [train_module.shard(batch, Topology(r, 2)) for r in (0, 1)]
+        assert [len(h) for h in halves] == [4, 4]
+        assert sorted(torch.cat(halves).tolist()) == sorted(batch.tolist())
     assert not torch.equal(torch.cat(whole), torch.cat(train_module.epoch_batches(50, 8, seed=0, epoch=4)))
+
+
+def test_a_shared_batch_is_augmented_as_a_whole_one():
+    from resnet.data import DecodedImages
+    from resnet.distributed import Topology
+
+    data = DecodedImages((torch.rand(6, 3, 16, 16) * 255).to(torch.uint8), torch.arange(6))
+    config = resolve_config({"image_size": 32, "color_jitter": 0.3, "rotation": 30})
+    batches = train_module.FastTrainBatches(data, config, torch.device("cpu"))
+    batch = torch.tensor([5, 0, 3, 1])
+    whole, labels = batches(batch, train_module.generator_for(0, 0, 0))
+    for rank in (0, 1):
+        part, part_labels = batches(batch, train_module.generator_for(0, 0, 0), Topology(rank, 2))
+        torch.testing.assert_close(part, whole[rank::2])
+        assert torch.equal(part_labels, labels[rank::2])
 
 
 # --- pretrained weights and fine-tuning ---------------------------------------------------------

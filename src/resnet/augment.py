@@ -115,18 +115,42 @@ def warp(images: Tensor, theta: Tensor, size: int) -> Tensor:
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def jitter_colors(images: Tensor, strength: float, generator: torch.Generator) -> Tensor:
-    """Brightness, contrast and saturation factors ~ U(1 - s, 1 + s) per image, as ColorJitter."""
+def jitter_colors(images: Tensor, factors: Tensor) -> Tensor:
+    """Brightness, contrast and saturation, one factor each per image, as ColorJitter applies them."""
     n = images.shape[0]
-    factors = torch.empty(n, 3).uniform_(1 - strength, 1 + strength, generator=generator)
     factors = factors.to(images.device, images.dtype).view(n, 3, 1, 1, 1)
-    gray_weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype)
+    gray_weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
     images = images * factors[:, 0]
-    gray = (images * gray_weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
-    images = (images - gray.mean((2, 3), keepdim=True)) * factors[:, 1] + gray.mean((2, 3), keepdim=True)
-    gray = (images * gray_weights.view(1, 3, 1, 1)).sum(1, keepdim=True)
+    mean_gray = (images * gray_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    images = (images - mean_gray) * factors[:, 1] + mean_gray
+    gray = (images * gray_weights).sum(1, keepdim=True)
     images = (images - gray) * factors[:, 2] + gray
     return images.clamp_(0, 1)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """The random draws for a batch: a warp per image, and colour factors when jittering."""
+
+    theta: Tensor  # (n, 2, 3)
+    jitter: Tensor | None  # (n, 3): brightness, contrast, saturation factors
+
+    def rows(self, index: slice) -> AugmentParams:
+        return AugmentParams(self.theta[index], None if self.jitter is None else self.jitter[index])
+
+
+def sample_params(n: int, spec: AugmentSpec, generator: torch.Generator) -> AugmentParams:
+    theta = sample_affine(n, spec, generator)
+    jitter = None
+    if spec.color_jitter:
+        jitter = torch.empty(n, 3).uniform_(1 - spec.color_jitter, 1 + spec.color_jitter, generator=generator)
+    return AugmentParams(theta, jitter)
+
+
+def apply_augment(images: Tensor, params: AugmentParams, size: int) -> Tensor:
+    """uint8 (N, 3, S, S) on any device -> augmented float in [0, 1], (N, 3, size, size)."""
+    out = warp(images.float().div_(255), params.theta, size)
+    return out if params.jitter is None else jitter_colors(out, params.jitter)
 
 
 class Normalize(torch.nn.Module):
@@ -145,11 +169,7 @@ class Normalize(torch.nn.Module):
 
 def augment_batch(images: Tensor, spec: AugmentSpec, size: int, generator: torch.Generator) -> Tensor:
     """uint8 (N, 3, S, S) on any device -> augmented float in [0, 1], (N, 3, size, size)."""
-    theta = sample_affine(images.shape[0], spec, generator)
-    out = warp(images.float().div_(255), theta, size)
-    if spec.color_jitter:
-        out = jitter_colors(out, spec.color_jitter, generator)
-    return out
+    return apply_augment(images, sample_params(images.shape[0], spec, generator), size)
 
 
 def resize_batch(images: Tensor, size: int) -> Tensor:

@@ -154,16 +154,20 @@ def generator_for(*keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, topology: Topology = Topology()) -> list[torch.Tensor]:
-    """This rank's batches of the epoch's permutation. Every rank draws the same
-    permutation and takes a disjoint, strided share of each global batch."""
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: int = 1) -> list[torch.Tensor]:
+    """The epoch's global batches: the same seeded permutation on every rank."""
     order = torch.randperm(n, generator=generator_for(seed, epoch, -1))
-    global_batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    # A final batch too small to split across ranks, or of a single image (BatchNorm
-    # cannot normalize one sample), is dropped.
-    if len(global_batches[-1]) < 2 * topology.world_size:
-        global_batches = global_batches[:-1] or global_batches
-    return [b[topology.rank::topology.world_size] for b in global_batches]
+    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    # A final batch too small to give every rank two images is dropped: BatchNorm cannot
+    # normalize a single sample.
+    if len(batches[-1]) < 2 * world_size:
+        batches = batches[:-1] or batches
+    return batches
+
+
+def shard(rows: torch.Tensor, topology: Topology) -> torch.Tensor:
+    """This rank's disjoint, strided share of a global batch (or of any index list)."""
+    return rows[topology.rank::topology.world_size]
 
 
 # --- data on the device ----------------------------------------------------------
@@ -182,9 +186,15 @@ class FastTrainBatches:
         self.spec = augment_spec(config)
         self.normalize = Normalize().to(device)
 
-    def __call__(self, indices: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator,
+                 topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's share of a global batch, augmented. The random draws are made for the
+        whole global batch, so an image is augmented alike however many ranks share the batch."""
+        params = augment.sample_params(len(batch), self.spec, generator)
+        rows = slice(topology.rank, None, topology.world_size)
+        indices = batch[rows]
         images = self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
-        images = augment.augment_batch(images, self.spec, self.size, generator)
+        images = augment.apply_augment(images, params.rows(rows), self.size)
         return self.normalize(images), self.labels[indices].to(self.device, non_blocking=True)
 
 
@@ -205,7 +215,7 @@ def _source_fields(source: Source) -> tuple:
 
 
 def eval_batches(n: int, batch_size: int, topology: Topology = Topology()) -> list[torch.Tensor]:
-    indices = torch.arange(n)[topology.rank::topology.world_size]
+    indices = shard(torch.arange(n), topology)
     return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
 
 
@@ -409,7 +419,7 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
         fast_batches = FastTrainBatches(train_data, config, device)
         eval_data = decode_for_run(splits.eval, eval_size, config, topology)
     n_train = len(splits.train)
-    steps_per_epoch = len(epoch_batches(n_train, config.batch_size, config.seed, 0, topology))
+    steps_per_epoch = len(epoch_batches(n_train, config.batch_size, config.seed, 0, topology.world_size))
     log(f"run {run_dir}: {config.arch} on {config.dataset} ({n_train} train / {len(splits.eval)} "
         f"{splits.eval_name} images, {num_classes} classes), {device.type} "
         f"{'fp32' if dtype is None else str(dtype).removeprefix('torch.')}, {config.pipeline} pipeline")
@@ -430,12 +440,13 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
     with StopRequest() as stop:
         while state.epoch < config.epochs:
             epoch = state.epoch
-            batches = epoch_batches(n_train, config.batch_size, config.seed, epoch, topology)
+            batches = epoch_batches(n_train, config.batch_size, config.seed, epoch, topology.world_size)
             if config.pipeline == "fast":
-                step_inputs = ((i, lambda i=i: fast_batches(batches[i], generator_for(config.seed, epoch, i)))
+                step_inputs = ((i, lambda i=i: fast_batches(batches[i], generator_for(config.seed, epoch, i), topology))
                                for i in range(state.step, len(batches)))
             else:
-                loader = classic_loader(splits.train, batches[state.step:], augment.classic_train_transform(
+                local = [shard(b, topology) for b in batches[state.step:]]
+                loader = classic_loader(splits.train, local, augment.classic_train_transform(
                     augment_spec(config), config.image_size), config.workers, config.seed * 1000 + epoch)
                 step_inputs = ((state.step + j, lambda b=b: b) for j, b in enumerate(loader))
 
