@@ -97,7 +97,7 @@ RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED_RECIPE}
 # What suits each dataset under the default recipe. The built-in petals are 64 px
 # and small: a short run at their own size trains in minutes on a laptop CPU.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "petals": dict(image_size=56, epochs=12, batch_size=32, lr=0.05,
+    "petals": dict(image_size=56, epochs=9, batch_size=32, lr=0.05,
                    rotation=30.0, min_scale=0.6, color_jitter=0.1),
     "flowers102": {},
     "imagefolder": dict(image_size=224),
