@@ -45,11 +45,11 @@ class TrainConfig:
     schedule: str = "cosine"  # cosine | constant
     label_smoothing: float = 0.1
     ema_decay: float = 0.0  # per-step decay of the weight average that is evaluated; 0 = off
-    rotation: float = 0.0  # degrees
-    min_scale: float = 0.35  # smallest area fraction of the random-resized-crop
+    rotation: float = 30.0  # degrees
+    min_scale: float = 0.25  # smallest area fraction of the random-resized-crop
     hflip: float = 0.5
     vflip: float = 0.0
-    color_jitter: float = 0.0
+    color_jitter: float = 0.2
     # engine
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     device: str = "auto"  # auto | cpu | cuda | mps
@@ -97,7 +97,7 @@ RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED_RECIPE}
 # What suits each dataset under the default recipe. The built-in petals are 64 px
 # and small: a short run at their own size trains in minutes on a laptop CPU.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "petals": dict(image_size=56, epochs=9, batch_size=32, lr=0.05,
+    "petals": dict(image_size=56, epochs=10, batch_size=32, lr=0.05,
                    rotation=30.0, min_scale=0.6, color_jitter=0.1),
     "flowers102": {},
     "imagefolder": dict(image_size=224),
