@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from resnet.config import CHOICES
 from resnet.errors import ResnetError
 from resnet.model import list_models
 
@@ -50,11 +51,6 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-TRAIN_CHOICES = {
-    "dataset": ("petals", "flowers102", "imagefolder"), "split": ("seed", "official"),
-    "recipe": ("default", "seed"), "precision": ("auto", "fp32", "bf16", "fp16"),
-    "device": ("auto", "cpu", "cuda", "mps"), "pipeline": ("fast", "classic"), "schedule": ("cosine", "constant"),
-}
 TRAIN_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int, "float | None": float}
 
 
@@ -75,8 +71,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         elif f.name == "arch":
             p.add_argument(flag, choices=list_models(), default=None)
         else:
-            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=TRAIN_CHOICES.get(f.name), default=None,
-                           metavar=None if f.name in TRAIN_CHOICES else f.name.split("_")[-1].upper())
+            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
+                           metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
     p.set_defaults(run=run_train)
 
 
@@ -105,10 +101,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Evaluate a checkpoint (or a run directory's best.pt) on the dataset and split it was "
                     "trained on, or on another one. Writes confusion_matrix.png and per_class.csv.")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--dataset", choices=TRAIN_CHOICES["dataset"], default=None,
+    p.add_argument("--dataset", choices=CHOICES["dataset"], default=None,
                    help="default: the checkpoint's dataset")
     p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
-    p.add_argument("--split", choices=TRAIN_CHOICES["split"], default=None,
+    p.add_argument("--split", choices=CHOICES["split"], default=None,
                    help="flowers102 split scheme; default: the checkpoint's")
     p.add_argument("--subset", choices=("eval", "test", "train", "all"), default="eval",
                    help="which images of the split to score (default eval: the run's validation images; "
@@ -116,7 +112,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="DIR", help="where the PNG and CSV go (default: the checkpoint's folder)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
-    p.add_argument("--device", choices=TRAIN_CHOICES["device"], default="auto")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
 
@@ -144,7 +140,7 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--json", action="store_true", help="print one JSON object")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,class,probability")
     p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", choices=TRAIN_CHOICES["device"], default="auto")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
     p.set_defaults(run=run_predict)
 
 

@@ -120,11 +120,16 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     return config
 
 
+# The allowed values of the config's choice fields, for validation and for the CLI.
+CHOICES: dict[str, tuple[str, ...]] = dict(
+    dataset=("petals", "flowers102", "imagefolder"), split=("seed", "official"), recipe=tuple(RECIPES),
+    precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
+    pipeline=("fast", "classic"), schedule=("cosine", "constant"),
+)
+
+
 def validate(config: TrainConfig) -> None:
-    choices = dict(dataset=("petals", "flowers102", "imagefolder"), split=("seed", "official"),
-                   precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
-                   pipeline=("fast", "classic"), schedule=("cosine", "constant"))
-    for name, allowed in choices.items():
+    for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ResnetError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
                               f"got {getattr(config, name)!r}")

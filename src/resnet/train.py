@@ -9,6 +9,7 @@ exactly where the interrupted one stopped.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -205,13 +206,10 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
 
 def classic_loader(source: Source, batches: list[torch.Tensor], transform, workers: int, seed: int) -> DataLoader:
     """The tutorial's pipeline: per-image PIL transforms in DataLoader workers."""
-    dataset = type(source)(*_source_fields(source), transform=transform)
+    dataset = copy.copy(source)
+    dataset.transform = transform
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
                       persistent_workers=False, generator=torch.Generator().manual_seed(seed))
-
-
-def _source_fields(source: Source) -> tuple:
-    return (source.paths, source.labels) if hasattr(source, "paths") else (source.images, source.labels)
 
 
 def eval_batches(n: int, batch_size: int, topology: Topology = Topology()) -> list[torch.Tensor]:
