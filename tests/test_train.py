@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import urllib.error
 from pathlib import Path
@@ -18,7 +19,7 @@ from conftest import make_image_folder
 from resnet import augment, train as train_module
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.cli import main
-from resnet.config import resolve_config
+from resnet.config import TrainConfig, resolve_config
 from resnet.data import PETALS_SIZES, decode, load_splits, open_rgb
 from resnet.errors import ResnetError
 from resnet.petals import CLASSES, make_petals
@@ -59,6 +60,15 @@ def test_seed_recipe_is_the_tutorials():
 def test_command_line_overrides_the_recipe():
     config = resolve_config({"recipe": "seed", "lr": 0.5, "epochs": 3, "dataset": "petals"})
     assert (config.lr, config.epochs, config.batch_size) == (0.5, 3, 256)
+
+
+def test_every_config_field_is_a_documented_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"] and "--" + field.name.replace("_", "-") in text
+    assert "--min-scale SCALE smallest area fraction of the random-resized crop" in text
 
 
 # --- the batched warp ------------------------------------------------------------------

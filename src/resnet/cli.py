@@ -61,17 +61,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "train", help="train a model (defaults: the built-in petals dataset)",
-        description="Train a ResNet. Every option overrides the recipe; options not given keep the "
-                    "recipe's value (see resnet.config).")
+        description="Train a ResNet. Every option overrides the recipe; an option not given keeps the "
+                    "value of the recipe and the dataset's preset (see resnet.config). The resolved "
+                    "config is saved as RUN_DIR/config.json.")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
     for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name == "arch":
-            p.add_argument(flag, choices=list_models(), default=None)
+            p.add_argument(flag, choices=list_models(), default=None, help=text)
         else:
-            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
+            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None, help=text,
                            metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
     p.set_defaults(run=run_train)
 

@@ -8,59 +8,65 @@ every option given on the command line. The resolved config is saved with the ru
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from resnet.errors import ResnetError
 
 
+def option(default: Any, help: str) -> Any:
+    """A config field with its ``--help`` text, for the command line built from these fields."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     # data
-    dataset: str = "petals"  # petals | flowers102 | imagefolder
-    data_dir: str | None = None
-    split: str = "seed"  # flowers102: seed (the tutorial's) | official
-    val_fraction: float = 0.2  # imagefolder without train/ and val/: held-out share per class
-    strict: bool = False  # unreadable images are an error instead of a warning
+    dataset: str = option("petals", "petals (built in) | flowers102 | imagefolder")
+    data_dir: str | None = option(None, "where the dataset is: the folder holding flowers-102/, or the image folder")
+    split: str = option("seed", "flowers102: seed (the tutorial's: train on 'test', evaluate on 'train') | official")
+    val_fraction: float = option(0.2, "imagefolder without train/ and val/: share of each class held out")
+    strict: bool = option(False, "an unreadable image is an error instead of a warning")
     # model
-    arch: str = "resnet18"
-    zero_init_residual: bool = True
-    weights: str | None = None  # imagenet | a checkpoint / state_dict file
-    freeze_backbone: bool = False  # train the head only: a linear probe
-    head_epochs: int | None = None  # epochs training the head alone first; None: 1 with --weights, else 0
-    backbone_lr_scale: float | None = None  # backbone lr / head lr after that; None: 0.1 with --weights, else 1
+    arch: str = option("resnet18", "the architecture (resnet list)")
+    zero_init_residual: bool = option(True, "start each residual branch's last BatchNorm at zero")
+    weights: str | None = option(None, "initial weights: imagenet, or a checkpoint / state_dict file")
+    freeze_backbone: bool = option(False, "train the classifier only: a linear probe")
+    head_epochs: int | None = option(None, "epochs training the head alone first (default: 1 with --weights, else 0)")
+    backbone_lr_scale: float | None = option(
+        None, "backbone lr / head lr after the head epochs (default: 0.1 with --weights, else 1)")
     # recipe
-    recipe: str = "default"
-    epochs: int = 40
-    batch_size: int = 64
-    image_size: int = 112  # training crop, pixels
-    eval_image_size: int | None = None  # evaluation resize; None: image_size * 8 / 7 (FixRes)
-    cache_size: int | None = None  # side of the decoded training cache; None: image_size * 8 / 7
-    lr: float = 0.1  # peak SGD learning rate, for this batch_size
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-4  # on conv / linear weights only, never on BN or biases
-    warmup_epochs: float = 2.0
-    schedule: str = "cosine"  # cosine | constant
-    label_smoothing: float = 0.1
-    ema_decay: float = 0.0  # per-step decay of the weight average that is evaluated; 0 = off
-    rotation: float = 30.0  # degrees
-    min_scale: float = 0.25  # smallest area fraction of the random-resized-crop
-    hflip: float = 0.5
-    vflip: float = 0.0
-    color_jitter: float = 0.2
+    recipe: str = option("default", "default (ours) | seed (the tutorial's, exactly)")
+    epochs: int = option(40, "training epochs")
+    batch_size: int = option(64, "images per optimizer step (the global batch under torchrun)")
+    image_size: int = option(112, "training crop side, pixels")
+    eval_image_size: int | None = option(None, "evaluation resize (default: image size * 8/7, FixRes)")
+    cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
+    lr: float = option(0.1, "peak SGD learning rate, for this batch size")
+    momentum: float = option(0.9, "SGD momentum")
+    nesterov: bool = option(True, "Nesterov momentum")
+    weight_decay: float = option(5e-4, "on conv / linear weights only, never on BatchNorm or biases")
+    warmup_epochs: float = option(2.0, "linear learning-rate warmup, epochs")
+    schedule: str = option("cosine", "learning rate after warmup: cosine (to zero) | constant")
+    label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    ema_decay: float = option(0.0, "per-step decay of an evaluated weight average (0: off)")
+    rotation: float = option(30.0, "random rotation, degrees either way")
+    min_scale: float = option(0.25, "smallest area fraction of the random-resized crop")
+    hflip: float = option(0.5, "probability of a horizontal flip")
+    vflip: float = option(0.0, "probability of a vertical flip")
+    color_jitter: float = option(0.2, "brightness, contrast and saturation jitter")
     # engine
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16
-    device: str = "auto"  # auto | cpu | cuda | mps
-    pipeline: str = "fast"  # fast (decoded cache + batched augmentation) | classic (the tutorial's)
-    compile: bool = False
-    channels_last: bool = True
-    workers: int = 2  # decode / classic DataLoader processes
-    sync_bn: bool = False  # under torchrun: SyncBatchNorm across ranks
-    seed: int = 0
-    out: str | None = None
-    quiet: bool = False
+    precision: str = option("auto", "auto (bf16 or fp16 where supported, else fp32) | fp32 | bf16 | fp16")
+    device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
+    pipeline: str = option("fast", "fast (decoded cache + batched augmentation) | classic (the tutorial's)")
+    compile: bool = option(False, "torch.compile the model")
+    channels_last: bool = option(True, "channels-last memory format")
+    workers: int = option(2, "decoding / classic DataLoader processes")
+    sync_bn: bool = option(False, "under torchrun: SyncBatchNorm across ranks")
+    seed: int = option(0, "seeds the initialization, the batches and the augmentation")
+    out: str | None = option(None, "the run directory (default: runs/<dataset>-<arch>-<timestamp>)")
+    quiet: bool = option(False, "one line per epoch instead of progress bars")
 
     def resolved_eval_image_size(self) -> int:
         return self.eval_image_size or round(self.image_size * 8 / 7)

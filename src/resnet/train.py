@@ -418,8 +418,8 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
         eval_data = decode_for_run(splits.eval, eval_size, config, topology)
     n_train = len(splits.train)
     steps_per_epoch = len(epoch_batches(n_train, config.batch_size, config.seed, 0, topology.world_size))
-    log(f"run {run_dir}: {config.arch} on {config.dataset} ({n_train} train / {len(splits.eval)} "
-        f"{splits.eval_name} images, {num_classes} classes), {device.type} "
+    log(f"run {run_dir}: {config.arch} on {config.dataset} ({n_train} training / {len(splits.eval)} "
+        f"evaluation images ('{splits.eval_name}'), {num_classes} classes), {device.type} "
         f"{'fp32' if dtype is None else str(dtype).removeprefix('torch.')}, {config.pipeline} pipeline")
 
     def evaluate_now(source: Source, data: DecodedImages | None) -> dict[str, float]:
