@@ -4,6 +4,7 @@ import torchvision
 
 import resnet
 from resnet import BasicBlock, Bottleneck, ResNet, get_model, list_models
+from resnet.model import FlipTTA, resnet18
 
 EXPECTED_PARAMS = {
     "resnet18": 11_689_512,
@@ -146,3 +147,14 @@ def test_reset_classifier():
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         call()
+
+
+def test_flip_tta_averages_an_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = resnet18(num_classes=5).eval()
+    tta = FlipTTA(model).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(tta(x), (model(x) + model(x.flip(-1))) / 2)
+        assert torch.allclose(tta(x), tta(x.flip(-1)), atol=1e-5)  # mirror-invariant by construction
+        assert not torch.allclose(model(x), model(x.flip(-1)), atol=1e-3)  # which the model alone is not

@@ -46,6 +46,7 @@ def test_seed_recipe_is_the_tutorials():
     assert (config.arch, config.lr, config.momentum, config.weight_decay) == ("resnet34", 0.02, 0.9, 0.0)
     assert (config.batch_size, config.epochs, config.seed, config.image_size) == (256, 500, 0, 224)
     assert (config.schedule, config.label_smoothing, config.nesterov, config.warmup_epochs) == ("constant", 0, False, 0)
+    assert (config.ema_decay, config.tta) == (0, False)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     tutorial_train = T.Compose([
         T.RandomRotation(30), T.RandomResizedCrop((224, 224)), T.RandomHorizontalFlip(p=0.5),
@@ -387,6 +388,16 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     assert lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
     assert lrs[60] == pytest.approx(0.05, rel=0.02)
     assert lrs[-1] < 0.001 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+
+
+@pytest.mark.parametrize("name,kind", [("sgd", torch.optim.SGD), ("adamw", torch.optim.AdamW)])
+def test_optimizer_choice_keeps_the_decay_groups(name, kind):
+    config = resolve_config({"optimizer": name, "lr": 0.003, "weight_decay": 0.05})
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    optimizer = train_module.build_optimizer(config, model)
+    assert type(optimizer) is kind
+    assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.05]
+    assert all(g["lr"] == 0.003 for g in optimizer.param_groups)
 
 
 def test_weight_decay_skips_norms_and_biases():

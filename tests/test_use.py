@@ -15,7 +15,7 @@ from PIL import Image
 from resnet.cli import main
 from resnet.data import load_splits, open_rgb
 from resnet.evaluate import load_model_from_checkpoint
-from resnet.model import get_model
+from resnet.model import FlipTTA, get_model
 
 CLASSES = ["cat", "dog", "fox"]
 SIZE = 32
@@ -73,8 +73,10 @@ def test_eval_matches_a_direct_computation(run, capsys):
     val = load_splits("imagefolder", str(run["data"]), val_fraction=0.2, seed=0).eval
     images = torch.stack([preprocess(p) for p in val.paths])
     labels = torch.tensor(val.labels)
+    # The run evaluated with flip TTA (the default recipe's): the mean of image and mirror logits.
+    assert isinstance(model, FlipTTA)
     with torch.no_grad():
-        logits = model(images)
+        logits = (model.model(images) + model.model(images.flip(3))) / 2
     predicted = logits.argmax(1)
     assert result["images"] == len(val.paths) == 3
     assert result["top1"] == pytest.approx((predicted == labels).float().mean().item())
@@ -111,7 +113,7 @@ def test_ema_weights_are_used_when_present(run, tmp_path):
     torch.save(checkpoint, tmp_path / "ema.pt")
     model, loaded = load_model_from_checkpoint(tmp_path / "ema.pt")
     assert loaded["weights_used"] == "ema"
-    assert torch.equal(model.fc.bias.detach(), ema["fc.bias"])
+    assert torch.equal(model.model.fc.bias.detach(), ema["fc.bias"])
 
 
 # --- predict ----------------------------------------------------------------------

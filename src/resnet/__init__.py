@@ -3,6 +3,7 @@
 from resnet.model import (
     BasicBlock,
     Bottleneck,
+    FlipTTA,
     ResNet,
     get_model,
     list_models,
@@ -18,6 +19,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "FlipTTA",
     "ResNet",
     "get_model",
     "list_models",

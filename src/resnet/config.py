@@ -43,7 +43,8 @@ class TrainConfig:
     image_size: int = option(112, "training crop side, pixels")
     eval_image_size: int | None = option(None, "evaluation resize (default: image size * 8/7, FixRes)")
     cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
-    lr: float = option(0.1, "peak SGD learning rate, for this batch size")
+    optimizer: str = option("sgd", "sgd (with --momentum and --nesterov) | adamw (decoupled weight decay)")
+    lr: float = option(0.1, "peak learning rate, for this batch size")
     momentum: float = option(0.9, "SGD momentum")
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(5e-4, "on conv / linear weights only, never on BatchNorm or biases")
@@ -51,6 +52,7 @@ class TrainConfig:
     schedule: str = option("cosine", "learning rate after warmup: cosine (to zero) | constant")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
     ema_decay: float = option(0.0, "per-step decay of an evaluated weight average (0: off)")
+    tta: bool = option(True, "evaluate each image and its mirror image, averaging their logits")
     rotation: float = option(30.0, "random rotation, degrees either way")
     min_scale: float = option(0.25, "smallest area fraction of the random-resized crop")
     hflip: float = option(0.5, "probability of a horizontal flip")
@@ -92,19 +94,20 @@ class TrainConfig:
 # The tutorial's recipe, exactly: SGD 0.02 / 0.9 without weight decay, batch 256, 500
 # epochs, RandomRotation(30) + RandomResizedCrop(224) + both flips, Resize((224, 224)).
 SEED_RECIPE: dict[str, Any] = dict(
-    arch="resnet34", epochs=500, batch_size=256, image_size=224, eval_image_size=224, lr=0.02, momentum=0.9,
-    nesterov=False, weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0,
-    ema_decay=0.0, rotation=30.0, min_scale=0.08, hflip=0.5, vflip=0.5, color_jitter=0.0,
+    arch="resnet34", epochs=500, batch_size=256, image_size=224, eval_image_size=224, optimizer="sgd", lr=0.02,
+    momentum=0.9, nesterov=False, weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0,
+    ema_decay=0.0, tta=False, rotation=30.0, min_scale=0.08, hflip=0.5, vflip=0.5, color_jitter=0.0,
     zero_init_residual=False, seed=0,
 )
 
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED_RECIPE}
 
 # What suits each dataset under the default recipe. The built-in petals are 64 px
-# and small: a short run at their own size trains in minutes on a laptop CPU.
+# and small: a short run at their own size trains in minutes on a laptop CPU (without
+# flip TTA, which would spend some of those minutes evaluating twice).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
-    "petals": dict(image_size=56, epochs=10, batch_size=32, lr=0.05,
-                   rotation=30.0, min_scale=0.6, color_jitter=0.1),
+    "petals": dict(image_size=56, epochs=9, batch_size=32, lr=0.05,
+                   rotation=30.0, min_scale=0.6, color_jitter=0.1, tta=False),
     "flowers102": {},
     "imagefolder": dict(image_size=224),
 }
@@ -130,7 +133,7 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
 CHOICES: dict[str, tuple[str, ...]] = dict(
     dataset=("petals", "flowers102", "imagefolder"), split=("seed", "official"), recipe=tuple(RECIPES),
     precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
-    pipeline=("fast", "classic"), schedule=("cosine", "constant"),
+    pipeline=("fast", "classic"), schedule=("cosine", "constant"), optimizer=("sgd", "adamw"),
 )
 
 

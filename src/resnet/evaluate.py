@@ -23,7 +23,7 @@ from resnet.checkpoint import load_checkpoint
 from resnet.config import TrainConfig
 from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, decode, load_splits
 from resnet.errors import ResnetError
-from resnet.model import ResNet, get_model, list_models
+from resnet.model import FlipTTA, get_model, list_models
 from resnet.weights import check_state_fits, strip_wrapper_prefixes
 
 SUBSETS = ("eval", "test", "train", "all")
@@ -40,12 +40,14 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[ResNet, dict[str, Any]]:
+def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a training checkpoint (or run directory), in eval mode on the CPU.
 
     Returns ``(model, checkpoint)``; ``checkpoint["path"]`` is the file that was read and
-    ``checkpoint["normalization"]`` is always filled in. A missing, corrupt or foreign
-    file, or weights of another architecture, is a one-line ``ResnetError``.
+    ``checkpoint["normalization"]`` is always filled in. When the run evaluated with
+    flip TTA, the model is wrapped in ``FlipTTA``, so that eval, predict and export give
+    what training reported. A missing, corrupt or foreign file, or weights of another
+    architecture, is a one-line ``ResnetError``.
     """
     file = checkpoint_file(path)
     checkpoint = load_checkpoint(file)
@@ -67,6 +69,8 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[ResNet, dict[st
     state = strip_wrapper_prefixes(state)
     check_state_fits(state, model.state_dict(), f"{file} ({'ema' if use_ema else 'model'} weights)", arch)
     model.load_state_dict(state)
+    if TrainConfig.from_dict(checkpoint.get("config") or {}).tta:
+        model = FlipTTA(model)
     model.eval()
 
     checkpoint["path"] = str(file)

@@ -196,6 +196,17 @@ class ResNet(nn.Module):
             self.global_pool = _global_pool("avg")
 
 
+class FlipTTA(nn.Module):
+    """Test-time augmentation: the mean of the logits of each image and of its mirror image."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self.model(x) + self.model(x.flip(-1))) / 2
+
+
 def _make_stage(
     block: Block, in_channels: int, channels: int, depth: int, stride: int, stride_in_1x1: bool
 ) -> tuple[nn.Sequential, int]:

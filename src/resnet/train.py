@@ -38,7 +38,7 @@ from resnet.config import TrainConfig, load_config
 from resnet.data import DataSplits, DecodedImages, Source, decode, load_splits
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
-from resnet.model import ResNet, get_model
+from resnet.model import FlipTTA, ResNet, get_model
 from resnet.plots import plot_curves
 
 CHECKPOINT_FORMAT = 1
@@ -114,6 +114,15 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             groups[(is_head(name), parameter.ndim > 1)].append(parameter)
     return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "head": head}
             for (head, decays), params in groups.items() if params]
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    groups = parameter_groups(model, config.weight_decay)
+    if config.optimizer == "adamw":
+        # AdamW's decay is decoupled (scaled by the lr, not by the gradient statistics).
+        return torch.optim.AdamW(groups, lr=config.lr)
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
+                           nesterov=config.nesterov and config.momentum > 0)
 
 
 def group_learning_rate(config: TrainConfig, lr: float, head: bool, epoch: int) -> float:
@@ -388,8 +397,7 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
             raise ResnetError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-    optimizer = torch.optim.SGD(parameter_groups(model, config.weight_decay), lr=config.lr,
-                                momentum=config.momentum, nesterov=config.nesterov and config.momentum > 0)
+    optimizer = build_optimizer(config, model)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = None
     if config.ema_decay:
@@ -408,7 +416,9 @@ def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict
         train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         train_model = torch.compile(train_model)
-    eval_model = ema.module if ema is not None else model
+    eval_model: nn.Module = ema.module if ema is not None else model
+    if config.tta:
+        eval_model = FlipTTA(eval_model)
 
     eval_size = config.resolved_eval_image_size()
     eval_data = None
