@@ -96,6 +96,20 @@ def test_eval_matches_a_direct_computation(run, capsys):
     assert sum(int(row.split(",")[2]) for row in rows[1:]) == int((predicted == labels).sum())
 
 
+def test_eval_overrides_size_and_tta(run, tmp_path, capsys):
+    assert main(["eval", str(run["dir"]), "--json", "--workers", "0", "--device", "cpu", "--no-tta",
+                 "--image-size", "40", "--out", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["image_size"], result["tta"]) == (40, False)
+    model, _ = load_model_from_checkpoint(run["ckpt"], tta=False)
+    assert not isinstance(model, FlipTTA)
+    val = load_splits("imagefolder", str(run["data"]), val_fraction=0.2, seed=0).eval
+    images, labels = torch.stack([preprocess(p, 40) for p in val.paths]), torch.tensor(val.labels)
+    with torch.no_grad():
+        logits = model(images)
+    assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-4)
+
+
 def test_eval_text_output_other_subset_and_out_dir(run, tmp_path, capsys):
     assert main(["eval", str(run["ckpt"]), "--subset", "all", "--out", str(tmp_path), "--workers", "0",
                  "--device", "cpu"]) == 0

@@ -111,6 +111,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="which images of the split to score (default eval: the run's validation images; "
                         "all: every image, e.g. a separate test folder)")
     p.add_argument("--out", default=None, metavar="DIR", help="where the PNG and CSV go (default: the checkpoint's folder)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
+                   help="evaluation resize (default: the run's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its mirror image's (default: as the run did)")
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
@@ -124,7 +128,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from resnet.evaluate import evaluate_checkpoint, format_eval
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
-                                 args.device, args.batch_size, args.workers)
+                                 args.device, args.batch_size, args.workers, args.image_size, args.tta)
     print(json.dumps(result) if args.json else format_eval(result))
     return 0
 

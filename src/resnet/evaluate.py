@@ -40,13 +40,13 @@ def checkpoint_file(path: str | os.PathLike) -> Path:
     return path
 
 
-def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
+def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The model of a training checkpoint (or run directory), in eval mode on the CPU.
 
     Returns ``(model, checkpoint)``; ``checkpoint["path"]`` is the file that was read and
     ``checkpoint["normalization"]`` is always filled in. When the run evaluated with
-    flip TTA, the model is wrapped in ``FlipTTA``, so that eval, predict and export give
-    what training reported. A missing, corrupt or foreign file, or weights of another
+    flip TTA (or ``tta`` says so), the model is wrapped in ``FlipTTA``, so that eval,
+    predict and export give what training reported. A missing, corrupt or foreign file, or weights of another
     architecture, is a one-line ``ResnetError``.
     """
     file = checkpoint_file(path)
@@ -69,7 +69,9 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict
     state = strip_wrapper_prefixes(state)
     check_state_fits(state, model.state_dict(), f"{file} ({'ema' if use_ema else 'model'} weights)", arch)
     model.load_state_dict(state)
-    if TrainConfig.from_dict(checkpoint.get("config") or {}).tta:
+    if tta is None:
+        tta = TrainConfig.from_dict(checkpoint.get("config") or {}).tta
+    if tta:
         model = FlipTTA(model)
     model.eval()
 
@@ -77,6 +79,7 @@ def load_model_from_checkpoint(path: str | os.PathLike) -> tuple[nn.Module, dict
     checkpoint["classes"] = classes
     checkpoint["normalization"] = normalization_of(checkpoint)
     checkpoint["weights_used"] = "ema" if use_ema else "model"
+    checkpoint["tta"] = tta
     return model, checkpoint
 
 
@@ -234,11 +237,17 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
 
 def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
                         split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
-                        device: str = "cpu", batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
-    """``resnet eval``: score a checkpoint, write the confusion-matrix PNG and per-class CSV."""
+                        device: str = "cpu", batch_size: int = 64, workers: int = 2,
+                        image_size: int | None = None, tta: bool | None = None) -> dict[str, Any]:
+    """``resnet eval``: score a checkpoint, write the confusion-matrix PNG and per-class CSV.
+
+    ``image_size`` and ``tta`` override the run's evaluation size and flip TTA.
+    """
     from resnet.train import select_device
 
-    model, checkpoint = load_model_from_checkpoint(path)
+    model, checkpoint = load_model_from_checkpoint(path, tta)
+    if image_size is not None:
+        checkpoint["normalization"]["image_size"] = image_size
     source, _, subset_name, where = eval_source(checkpoint, dataset, data_dir, split, subset)
     result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers)
     out_dir = Path(out) if out is not None else Path(checkpoint["path"]).parent
@@ -249,6 +258,7 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     write_per_class_csv(result["per_class"], table)
     return {"checkpoint": checkpoint["path"], "arch": checkpoint["arch"], "weights": checkpoint["weights_used"],
             **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
+            "image_size": checkpoint["normalization"]["image_size"], "tta": checkpoint["tta"],
             "loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
             "mean_class_accuracy": result["mean_class_accuracy"],
             "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"]}
@@ -258,7 +268,8 @@ def format_eval(result: dict[str, Any]) -> str:
     top5 = "top-5" if result["classes"] >= 5 else f"top-{result['classes']}"
     return "\n".join([
         f"{result['arch']} ({result['weights']} weights) from {result['checkpoint']}",
-        f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes",
+        f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes, "
+        f"at {result['image_size']} px{', with flip TTA' if result['tta'] else ''}",
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
         f"mean per-class {100 * result['mean_class_accuracy']:.2f}%",
         f"wrote {result['confusion_matrix_png']} and {result['per_class_csv']}",
