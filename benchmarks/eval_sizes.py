@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-from resnet.augment import Normalize
 from resnet.data import decode
 from resnet.evaluate import eval_source, load_model_from_checkpoint
 from resnet.model import FlipTTA

@@ -3,7 +3,7 @@
 # on the 1020 "train" images): resnet18 at 112 px for 40 epochs, the default recipe, then
 # the tutorial's (seed) recipe on the same budget. Each run has the machine to itself (on
 # 2 cores, two concurrent 2-thread runs thrash). Results land in benchmarks/results/.
-# Afterwards benchmarks/eval_sizes.sh scores the checkpoints at other sizes, with and
+# Afterwards `python benchmarks/eval_sizes.py RUN_DIR` scores the checkpoints at other sizes, with and
 # without flip TTA.
 # Usage: benchmarks/flowers_accuracy.sh [DATA_DIR]   (default ../shared/data)
 set -euo pipefail

@@ -135,7 +135,7 @@ class AugmentParams:
     theta: Tensor  # (n, 2, 3)
     jitter: Tensor | None  # (n, 3): brightness, contrast, saturation factors
 
-    def rows(self, index: slice) -> AugmentParams:
+    def __getitem__(self, index: slice) -> AugmentParams:
         return AugmentParams(self.theta[index], None if self.jitter is None else self.jitter[index])
 
 

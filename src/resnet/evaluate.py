@@ -46,8 +46,8 @@ def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None)
     Returns ``(model, checkpoint)``; ``checkpoint["path"]`` is the file that was read and
     ``checkpoint["normalization"]`` is always filled in. When the run evaluated with
     flip TTA (or ``tta`` says so), the model is wrapped in ``FlipTTA``, so that eval,
-    predict and export give what training reported. A missing, corrupt or foreign file, or weights of another
-    architecture, is a one-line ``ResnetError``.
+    predict and export give what training reported. A missing, corrupt or foreign
+    file, or weights of another architecture, is a one-line ``ResnetError``.
     """
     file = checkpoint_file(path)
     checkpoint = load_checkpoint(file)

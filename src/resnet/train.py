@@ -22,7 +22,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnet import augment, distributed
-from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, Normalize
+from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, AugmentSpec, Normalize
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.config import TrainConfig, load_config
 from resnet.data import DataSplits, DecodedImages, Source, decode, load_splits
@@ -175,8 +175,12 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: in
     return batches
 
 
-def shard(rows: torch.Tensor, topology: Topology) -> torch.Tensor:
-    """This rank's disjoint, strided share of a global batch (or of any index list)."""
+Rows = TypeVar("Rows", torch.Tensor, AugmentParams)
+
+
+def shard(rows: Rows, topology: Topology) -> Rows:
+    """This rank's disjoint, strided share of a global batch (an index tensor, or the
+    batch's augmentation draws)."""
     return rows[topology.rank::topology.world_size]
 
 
@@ -200,11 +204,10 @@ class FastTrainBatches:
                  topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's share of a global batch, augmented. The random draws are made for the
         whole global batch, so an image is augmented alike however many ranks share the batch."""
-        params = augment.sample_params(len(batch), self.spec, generator)
-        rows = slice(topology.rank, None, topology.world_size)
-        indices = batch[rows]
+        params = shard(augment.sample_params(len(batch), self.spec, generator), topology)
+        indices = shard(batch, topology)
         images = self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
-        images = augment.apply_augment(images, params.rows(rows), self.size)
+        images = augment.apply_augment(images, params, self.size)
         return self.normalize(images), self.labels[indices].to(self.device, non_blocking=True)
 
 
