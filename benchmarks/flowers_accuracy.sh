@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Flowers-102 from scratch, the tutorial's split (train on the 6149 "test" images, evaluate
 # on the 1020 "train" images): resnet18 at 112 px for 40 epochs, the default recipe, then
-# the tutorial's (seed) recipe on the same budget. Each run has the machine to itself (on
+# the tutorial's recipe (--recipe tutorial) on the same budget. Each run has the machine to itself (on
 # 2 cores, two concurrent 2-thread runs thrash). Results land in benchmarks/results/.
 # Afterwards `python benchmarks/eval_sizes.py RUN_DIR` scores the checkpoints at other sizes, with and
 # without flip TTA.
@@ -9,10 +9,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${1:-../shared/data}
-common=(--dataset flowers102 --data-dir "$data" --split seed --arch resnet18 --image-size 112 --epochs 40 --quiet)
+common=(--dataset flowers102 --data-dir "$data" --split tutorial --arch resnet18 --image-size 112 --epochs 40 --quiet)
 resnet train "${common[@]}" --recipe default --out runs/flowers102-resnet18-112-default
-resnet train "${common[@]}" --recipe seed --eval-image-size 112 --out runs/flowers102-resnet18-112-seed
-for run in default seed; do
+resnet train "${common[@]}" --recipe tutorial --eval-image-size 112 --out runs/flowers102-resnet18-112-tutorial
+for run in default tutorial; do
     mkdir -p benchmarks/results/flowers102-resnet18-112-$run
     cp runs/flowers102-resnet18-112-$run/{config.json,metrics.csv,summary.json,curves.png} \
         benchmarks/results/flowers102-resnet18-112-$run/

@@ -41,8 +41,8 @@ def read_metrics(run_dir: Path) -> list[dict]:
 # --- the tutorial's recipe ------------------------------------------------------------
 
 
-def test_seed_recipe_is_the_tutorials():
-    config = resolve_config({"recipe": "seed", "dataset": "flowers102"})
+def test_tutorial_recipe_is_the_tutorials():
+    config = resolve_config({"recipe": "tutorial", "dataset": "flowers102"})
     assert (config.arch, config.lr, config.momentum, config.weight_decay) == ("resnet34", 0.02, 0.9, 0.0)
     assert (config.batch_size, config.epochs, config.seed, config.image_size) == (256, 500, 0, 224)
     assert (config.schedule, config.label_smoothing, config.nesterov, config.warmup_epochs) == ("constant", 0, False, 0)
@@ -59,7 +59,7 @@ def test_seed_recipe_is_the_tutorials():
 
 
 def test_command_line_overrides_the_recipe():
-    config = resolve_config({"recipe": "seed", "lr": 0.5, "epochs": 3, "dataset": "petals"})
+    config = resolve_config({"recipe": "tutorial", "lr": 0.5, "epochs": 3, "dataset": "petals"})
     assert (config.lr, config.epochs, config.batch_size) == (0.5, 3, 256)
 
 
@@ -70,6 +70,7 @@ def test_every_config_field_is_a_documented_option(capsys):
     for field in dataclasses.fields(TrainConfig):
         assert field.metadata["help"] and "--" + field.name.replace("_", "-") in text
     assert "--min-scale SCALE smallest area fraction of the random-resized crop" in text
+    assert "--recipe {default,tutorial}" in text and "--split {tutorial,official}" in text
 
 
 # --- the batched warp ------------------------------------------------------------------
@@ -209,12 +210,37 @@ def make_fake_flowers(root: Path, monkeypatch, per_class: int = 4, classes: int 
 
 def test_flowers102_splits(tmp_path, monkeypatch):
     root = make_fake_flowers(tmp_path / "data", monkeypatch)
-    seed = load_splits("flowers102", str(root), split="seed")
-    assert (len(seed.train), len(seed.eval), seed.test) == (6, 3, None)  # trains on "test", evaluates on "train"
-    assert seed.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"] and len(seed.classes) == 102
+    tutorial = load_splits("flowers102", str(root), split="tutorial")
+    assert (len(tutorial.train), len(tutorial.eval), tutorial.test) == (6, 3, None)  # trains on "test", evaluates on "train"
+    assert tutorial.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"] and len(tutorial.classes) == 102
     official = load_splits("flowers102", str(root), split="official")
     assert (len(official.train), len(official.eval), len(official.test)) == (3, 3, 6)
     assert sorted(official.train.labels) == [0, 1, 2]
+
+
+def test_a_run_from_before_the_rename_still_evaluates_and_resumes(tmp_path, monkeypatch, capsys):
+    """The tutorial's recipe and split were once both called "seed"; such runs still load."""
+    root = make_fake_flowers(tmp_path / "data", monkeypatch)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "flowers102", "--data-dir", str(root), "--out", str(run_dir), *TINY,
+                 "--epochs", "1"]) == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert (config["recipe"], config["split"]) == ("default", "tutorial")
+    config.update(recipe="seed", split="seed")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    for name in ("last.pt", "best.pt"):
+        checkpoint = load_checkpoint(run_dir / name)
+        checkpoint["config"].update(recipe="seed", split="seed")
+        save_atomic(checkpoint, run_dir / name)
+    capsys.readouterr()
+
+    assert main(["eval", str(run_dir), "--json", "--workers", "0", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["split"], result["subset"], result["images"]) == ("tutorial", "train", 3)
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["epochs"], summary["split"]) == (2, "tutorial")
+    assert resolve_config({"recipe": "seed"}).recipe == "tutorial"  # old scripts' configs, given to the API
 
 
 def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, capsys):

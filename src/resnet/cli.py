@@ -239,8 +239,8 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision,
                    help="our pipeline's autocast precision (default auto); the tutorial's is fp32")
-    p.add_argument("--recipe", choices=("seed", "default"), default=d.recipe,
-                   help="our augmentation: seed (the tutorial's transforms, the default) or the default recipe's")
+    p.add_argument("--recipe", choices=("tutorial", "default"), default=d.recipe,
+                   help="our augmentation: tutorial (the tutorial's transforms, the default) or the default recipe's")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--note", default="", help="a remark stored with the results")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")

@@ -25,7 +25,7 @@ class TrainConfig:
     # data
     dataset: str = option("petals", "petals (built in) | flowers102 | imagefolder")
     data_dir: str | None = option(None, "where the dataset is: the folder holding flowers-102/, or the image folder")
-    split: str = option("seed", "flowers102: seed (the tutorial's: train on 'test', evaluate on 'train') | official")
+    split: str = option("tutorial", "flowers102: tutorial (train on 'test', evaluate on 'train') | official")
     val_fraction: float = option(0.2, "imagefolder without train/ and val/: share of each class held out")
     strict: bool = option(False, "an unreadable image is an error instead of a warning")
     # model
@@ -37,7 +37,7 @@ class TrainConfig:
     backbone_lr_scale: float | None = option(
         None, "backbone lr / head lr after the head epochs (default: 0.1 with --weights, else 1)")
     # recipe
-    recipe: str = option("default", "default (ours) | seed (the tutorial's, exactly)")
+    recipe: str = option("default", "default (ours) | tutorial (the tutorial's, exactly)")
     epochs: int = option(40, "training epochs")
     batch_size: int = option(16, "images per optimizer step (the global batch under torchrun)")
     image_size: int = option(112, "training crop side, pixels")
@@ -89,20 +89,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from saved or given values; unknown keys are ignored, old names renamed."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        return cls(**{k: v for k, v in current_names(values).items() if k in known})
+
+
+# The tutorial's recipe and split were once both called "seed", a third meaning beside
+# --seed. Run directories and checkpoints written then still say so.
+LEGACY_NAMES: dict[str, dict[str, str]] = {"recipe": {"seed": "tutorial"}, "split": {"seed": "tutorial"}}
+
+
+def current_names(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with the old names of choice values replaced by today's."""
+    return {key: LEGACY_NAMES[key].get(value, value) if key in LEGACY_NAMES and isinstance(value, str) else value
+            for key, value in values.items()}
 
 
 # The tutorial's recipe, exactly: SGD 0.02 / 0.9 without weight decay, batch 256, 500
 # epochs, RandomRotation(30) + RandomResizedCrop(224) + both flips, Resize((224, 224)).
-SEED_RECIPE: dict[str, Any] = dict(
+TUTORIAL_RECIPE: dict[str, Any] = dict(
     arch="resnet34", epochs=500, batch_size=256, image_size=224, eval_image_size=224, optimizer="sgd", lr=0.02,
     momentum=0.9, nesterov=False, weight_decay=0.0, warmup_epochs=0.0, schedule="constant", label_smoothing=0.0,
     ema_decay=0.0, tta=False, rotation=30.0, min_scale=0.08, hflip=0.5, vflip=0.5, color_jitter=0.0,
     zero_init_residual=False, seed=0,
 )
 
-RECIPES: dict[str, dict[str, Any]] = {"default": {}, "seed": SEED_RECIPE}
+RECIPES: dict[str, dict[str, Any]] = {"default": {}, "tutorial": TUTORIAL_RECIPE}
 
 # What suits each dataset under the default recipe. The built-in petals are 64 px
 # and small: a short run at their own size trains in minutes on a laptop CPU (without
@@ -117,13 +129,18 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 
 def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     """Defaults < dataset preset < recipe < explicit overrides (None means 'not given')."""
-    given = {k: v for k, v in overrides.items() if v is not None}
+    given = current_names({k: v for k, v in overrides.items() if v is not None})
     recipe = given.get("recipe", "default")
     if recipe not in RECIPES:
         raise ResnetError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     dataset = given.get("dataset", TrainConfig.dataset)
+    preset = dict(DATASET_PRESETS.get(dataset, {}))
+    if "image_size" in given and "eval_image_size" not in given:
+        # A preset's evaluation size suits the preset's training size; another training
+        # size evaluates at its own 10/7, as the help says.
+        preset.pop("eval_image_size", None)
     values: dict[str, Any] = {}
-    values.update(DATASET_PRESETS.get(dataset, {}))
+    values.update(preset)
     values.update(RECIPES[recipe])
     values.update(given)
     config = TrainConfig.from_dict(values)
@@ -133,7 +150,7 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
 
 # The allowed values of the config's choice fields, for validation and for the CLI.
 CHOICES: dict[str, tuple[str, ...]] = dict(
-    dataset=("petals", "flowers102", "imagefolder"), split=("seed", "official"), recipe=tuple(RECIPES),
+    dataset=("petals", "flowers102", "imagefolder"), split=("tutorial", "official"), recipe=tuple(RECIPES),
     precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
     pipeline=("fast", "classic"), schedule=("cosine", "constant"), optimizer=("sgd", "adamw"),
 )

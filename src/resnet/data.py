@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from resnet import petals
+from resnet.config import LEGACY_NAMES
 from resnet.errors import ResnetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -91,7 +92,7 @@ class DataSplits:
 # --- sources ------------------------------------------------------------------
 
 
-def load_splits(dataset: str, data_dir: str | None = None, split: str = "seed", val_fraction: float = 0.2,
+def load_splits(dataset: str, data_dir: str | None = None, split: str = "tutorial", val_fraction: float = 0.2,
                 seed: int = 0, strict: bool = False) -> DataSplits:
     """The train / eval (/ test) sources of a dataset, by name."""
     if dataset == "petals":
@@ -120,9 +121,10 @@ def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
 
     root = Path(data_dir) if data_dir else default_data_root()
     # The tutorial's split trains on the large "test" split and evaluates on "train".
-    names = {"seed": ("test", "train", None), "official": ("train", "val", "test")}
+    names = {"tutorial": ("test", "train", None), "official": ("train", "val", "test")}
+    split = LEGACY_NAMES["split"].get(split, split)
     if split not in names:
-        raise ResnetError(f"unknown split {split!r} for flowers102; choose one of: seed, official")
+        raise ResnetError(f"unknown split {split!r} for flowers102; choose one of: {', '.join(names)}")
 
     def load(name: str | None) -> ImageFiles | None:
         if name is None:
@@ -283,5 +285,3 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
         os.replace(temporary, path)  # atomic: a concurrent or killed run never sees half a file
     return DecodedImages(torch.from_numpy(images), labels)
 
-
-ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
