@@ -236,7 +236,7 @@ def test_export_torchscript_parity_and_metadata(run, tmp_path, capsys):
 def test_export_without_onnxruntime_says_what_to_install(run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     assert main(["export", str(run["ckpt"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "pip install 'resnet[export]'" in one_line_error(capsys, "export")
+    assert "pip install 'resnet-lab[export]'" in one_line_error(capsys, "export")
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -269,3 +269,13 @@ def test_bad_checkpoint_is_a_one_line_error(run, bad_checkpoints, capsys, comman
         args += ["--format", "torchscript", "--out", str(bad_checkpoints / "out.pt")]
     assert main(args) == 2
     assert message in one_line_error(capsys, command)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_an_out_path_that_cannot_be_made_is_one_line(run, tmp_path, capsys, command):
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / ("sub" if command == "eval" else "m.pt")
+    args = ["--out", str(out)] + (["--workers", "0", "--device", "cpu"] if command == "eval" else
+                                  ["--format", "torchscript"])
+    assert main([command, str(run["ckpt"]), *args]) == 2
+    assert "cannot write" in one_line_error(capsys, command)

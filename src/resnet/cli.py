@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import NoReturn
 
 from resnet.config import CHOICES
 from resnet.errors import ResnetError
@@ -15,6 +18,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
     return value
 
 
@@ -116,7 +126,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its mirror image's (default: as the run did)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
+    p.add_argument("--workers", type=nonnegative_int, default=2, help="image decoding processes (default 2)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
@@ -202,13 +212,6 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
-
-
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     import os
 
@@ -258,26 +261,58 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error as one line that says where the full usage is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="resnet", description="Train and use ResNet image classifiers.")
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from resnet import __version__
+
+    parser = Parser(prog="resnet", description="Train and use ResNet image classifiers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
                 add_list_parser, add_summary_parser, add_bench_parser):
         add(subparsers)
     return parser
 
 
+@contextmanager
+def warnings_as_lines(command: str) -> Iterator[None]:
+    """Warnings printed as ``resnet <command>: warning: ...``: the source line that
+    raised them means nothing to the user."""
+    original = warnings.formatwarning
+
+    def one_line(message, category, filename, lineno, line=None) -> str:
+        return f"resnet {command}: warning: {message}\n"
+
+    warnings.formatwarning = one_line
+    try:
+        yield
+    finally:
+        warnings.formatwarning = original
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """The ``resnet`` command. A ``ResnetError`` (bad input) becomes one line on stderr and
+    exit status 2; any other exception is a bug and keeps its traceback."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return args.run(args)
-    except (ResnetError, ValueError, FileNotFoundError) as error:
-        print(f"resnet {args.command}: error: {error}", file=sys.stderr)
+    if args.command is None:
+        parser.print_help()
         return 2
-    except KeyboardInterrupt:
-        print(f"resnet {args.command}: interrupted", file=sys.stderr)
-        return 130
+    with warnings_as_lines(args.command):
+        try:
+            return args.run(args)
+        except ResnetError as error:
+            print(f"resnet {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"resnet {args.command}: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

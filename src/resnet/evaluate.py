@@ -251,7 +251,10 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     source, _, subset_name, where = eval_source(checkpoint, dataset, data_dir, split, subset)
     result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers)
     out_dir = Path(out) if out is not None else Path(checkpoint["path"]).parent
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResnetError(f"cannot write to {out_dir}: {error.strerror or error}") from None
     png, table = out_dir / "confusion_matrix.png", out_dir / "per_class.csv"
     plot_confusion(result["confusion"], checkpoint["classes"], png,
                    f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")

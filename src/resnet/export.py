@@ -51,7 +51,7 @@ def require_onnx() -> None:
         import onnxscript  # noqa: F401
     except ImportError as error:
         raise ResnetError(f"ONNX export needs onnx, onnxruntime and onnxscript ({error.name} is missing): "
-                          "pip install 'resnet[export]'") from None
+                          "pip install 'resnet-lab[export]'") from None
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: Path) -> None:
@@ -124,7 +124,10 @@ def export_checkpoint(path: str | os.PathLike, fmt: str = "onnx", out: str | os.
     out = Path(out)
     if out.is_dir():
         raise ResnetError(f"--out {out} is a directory; give a file name")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResnetError(f"cannot write {out}: {error.strerror or error}") from None
 
     metadata = export_metadata(checkpoint)
     size = metadata["image_size"]
