@@ -79,7 +79,13 @@ def test_bench_rejects_a_too_small_image_size(tmp_path, monkeypatch, capsys):
     assert "--image-size must be at least 32" in capsys.readouterr().err
 
 
-def test_bench_is_listed(capsys):
+def test_bench_options_reach_the_benchmark(monkeypatch, capsys):
+    seen = {}
+    monkeypatch.setattr("resnet.bench.run", lambda options, as_json, out: seen.update(options=options, json=as_json))
+    assert main(["bench", "--recipe", "default", "--images", "5", "--generated-size", "48", "--json"]) == 0
+    assert (seen["options"].recipe, seen["options"].images, seen["options"].generated_size) == ("default", 5, 48)
+    assert seen["json"] is True
     with pytest.raises(SystemExit):
-        main(["bench", "--help"])
-    assert "--generated-size" in capsys.readouterr().out
+        main(["bench", "--recipe", "seed"])  # the tutorial's recipe is called "tutorial" now
+    err = capsys.readouterr().err
+    assert "invalid choice: 'seed'" in err and "tutorial" in err

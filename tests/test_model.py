@@ -22,7 +22,16 @@ def count_params(model: torch.nn.Module) -> int:
 def test_registry_lists_every_depth():
     assert list_models() == list(EXPECTED_PARAMS)
     for name in list_models():
-        assert getattr(resnet, name) is not None
+        assert name in resnet.__all__ and getattr(resnet, name).__name__ == name
+
+
+def test_registry_sorts_variants_by_depth_then_name(monkeypatch):
+    from resnet import model
+
+    for name in ("resnet50d", "resnet26", "resnet200"):
+        monkeypatch.setitem(model._MODELS, name, resnet18)
+    assert list_models() == ["resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "resnet101", "resnet152",
+                             "resnet200"]
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
@@ -131,6 +140,10 @@ def test_reset_classifier():
     model.reset_classifier(3)
     assert model.fc.out_features == 3
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 3)
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="num_classes must be a positive int"):
+            model.reset_classifier(bad)
+    assert model.fc.out_features == 3  # unchanged
 
 
 @pytest.mark.parametrize(

@@ -58,6 +58,12 @@ def test_tutorial_recipe_is_the_tutorials():
     assert repr(ours_test) == repr(tutorial_test)
 
 
+def test_petals_evaluate_at_their_size_unless_the_image_size_is_given():
+    assert resolve_config({"dataset": "petals"}).resolved_eval_image_size() == 64
+    assert resolve_config({"dataset": "petals", "image_size": 112}).resolved_eval_image_size() == 160
+    assert resolve_config({"dataset": "petals", "image_size": 112, "eval_image_size": 96}).resolved_eval_image_size() == 96
+
+
 def test_command_line_overrides_the_recipe():
     config = resolve_config({"recipe": "tutorial", "lr": 0.5, "epochs": 3, "dataset": "petals"})
     assert (config.lr, config.epochs, config.batch_size) == (0.5, 3, 256)
@@ -508,7 +514,7 @@ def test_freeze_backbone_leaves_every_backbone_tensor_unchanged(folder, tmp_path
     assert after["fc.weight"].shape == (3, 512)
 
 
-def test_fine_tune_trains_the_head_first(folder, tmp_path, torchvision_pth):
+def test_fine_tune_trains_the_head_first(torchvision_pth):
     config = resolve_config({"weights": str(torchvision_pth), "lr": 0.1})
     assert train_module.group_learning_rate(config, 0.1, head=False, epoch=0) == 0.0
     assert train_module.group_learning_rate(config, 0.1, head=True, epoch=0) == 0.1

@@ -81,7 +81,6 @@ def test_eval_matches_a_direct_computation(run, capsys):
     assert result["images"] == len(val.paths) == 3
     assert result["top1"] == pytest.approx((predicted == labels).float().mean().item())
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-4)
-    assert result["top5"] == 1.0  # 3 classes: the true one is always among the top 3
     per_class = [float((predicted[labels == c] == c).float().mean()) for c in range(3)]
     assert result["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
     # The run's own evaluation of the same weights agrees.
@@ -94,6 +93,26 @@ def test_eval_matches_a_direct_computation(run, capsys):
     assert rows[0] == "class,images,correct,accuracy"
     assert [row.split(",")[0] for row in rows[1:]] == CLASSES
     assert sum(int(row.split(",")[2]) for row in rows[1:]) == int((predicted == labels).sum())
+
+
+def test_top5_misses_a_class_ranked_sixth():
+    """Six classes and a model whose logits are fixed per image (read off its pixel value)."""
+    from resnet.data import ImageArrays
+    from resnet.evaluate import evaluate
+
+    table = torch.tensor([[6.0, 5, 4, 3, 2, 1]] * 4)  # class 0 ranks first, class 5 sixth
+    labels = np.array([0, 4, 5, 5])  # ranked 1st, 5th, 6th, 6th: top-1 1/4, top-5 2/4
+
+    class Lookup(torch.nn.Module):
+        def forward(self, x):
+            return table[(x[:, 0, 0, 0] * 255 / 40).round().long()]
+
+    images = np.stack([np.full((3, 8, 8), 40 * i, np.uint8) for i in range(4)])
+    checkpoint = {"classes": [str(c) for c in range(6)],
+                  "normalization": {"mean": [0.0] * 3, "std": [1.0] * 3, "image_size": 8}}
+    result = evaluate(Lookup(), checkpoint, ImageArrays(images, labels), batch_size=3, workers=0)
+    assert (result["top1"], result["top5"], result["images"]) == (0.25, 0.5, 4)
+    assert result["loss"] == pytest.approx(F.cross_entropy(table, torch.from_numpy(labels)).item(), abs=1e-5)
 
 
 def test_eval_overrides_size_and_tta(run, tmp_path, capsys):

@@ -170,11 +170,3 @@ class Normalize(torch.nn.Module):
 def augment_batch(images: Tensor, spec: AugmentSpec, size: int, generator: torch.Generator) -> Tensor:
     """uint8 (N, 3, S, S) on any device -> augmented float in [0, 1], (N, 3, size, size)."""
     return apply_augment(images, sample_params(images.shape[0], spec, generator), size)
-
-
-def resize_batch(images: Tensor, size: int) -> Tensor:
-    """uint8 (N, 3, H, W) -> float in [0, 1] at size x size: the tutorial's Resize((s, s))."""
-    out = images.float().div_(255)
-    if out.shape[-2:] != (size, size):
-        out = F.interpolate(out, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out

@@ -188,7 +188,7 @@ class ResNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the head with a freshly initialized one of ``num_classes`` outputs."""
-        _check_arguments(BasicBlock, (1, 1, 1, 1), num_classes, None)
+        _check_num_classes(num_classes)
         self.fc = nn.Linear(self.num_features, num_classes)
         self.num_classes = num_classes
         self.include_top = True
@@ -234,10 +234,14 @@ def _check_arguments(block: Block, layers: Sequence[int], num_classes: int, pool
         raise ValueError(f"block must be BasicBlock or Bottleneck, got {block!r}")
     if len(layers) != 4 or not all(isinstance(n, int) and n >= 1 for n in layers):
         raise ValueError(f"layers must be four positive ints (blocks per stage), got {list(layers)!r}")
-    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
+    _check_num_classes(num_classes)
     if pooling is not None and pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS} or None, got {pooling!r}")
+
+
+def _check_num_classes(num_classes: object) -> None:
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
 
 
 # --- the registry: names -> builders, as in timm -----------------------------
@@ -251,8 +255,14 @@ def register_model(builder: Callable[..., ResNet]) -> Callable[..., ResNet]:
 
 
 def list_models() -> list[str]:
-    """Names of every registered architecture, shallowest first."""
-    return sorted(_MODELS, key=lambda name: int(name.removeprefix("resnet")))
+    """Names of every registered architecture, shallowest first (by depth, then name,
+    so that a variant such as "resnet50d" sorts after "resnet50")."""
+    return sorted(_MODELS, key=_depth_then_name)
+
+
+def _depth_then_name(name: str) -> tuple[int, str]:
+    digits = "".join(c for c in name if c.isdigit())
+    return (int(digits) if digits else 0, name)
 
 
 def get_model(name: str, **kwargs: object) -> ResNet:
