@@ -219,6 +219,9 @@ def test_flowers102_splits(tmp_path, monkeypatch):
     tutorial = load_splits("flowers102", str(root), split="tutorial")
     assert (len(tutorial.train), len(tutorial.eval), tutorial.test) == (6, 3, None)  # trains on "test", evaluates on "train"
     assert tutorial.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"] and len(tutorial.classes) == 102
+    # setid.mat's ids: per class of 4, the 1st is "train", the 2nd "val", the 3rd and 4th "test".
+    assert sorted(p.name for p in tutorial.train.paths) == [f"image_{i:05d}.jpg" for i in (3, 4, 7, 8, 11, 12)]
+    assert sorted(p.name for p in tutorial.eval.paths) == [f"image_{i:05d}.jpg" for i in (1, 5, 9)]
     official = load_splits("flowers102", str(root), split="official")
     assert (len(official.train), len(official.eval), len(official.test)) == (3, 3, 6)
     assert sorted(official.train.labels) == [0, 1, 2]

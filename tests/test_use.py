@@ -212,6 +212,43 @@ def test_predict_reports_an_unreadable_file_and_predicts_the_others(run, tmp_pat
     assert len(errors) == 2
     assert "broken.png" in errors[0] and "nope.jpg" in errors[1] and "no such file" in errors[1]
 
+    assert main(["predict", str(run["ckpt"]), str(tmp_path / "broken.png"), good, "--json", "--device", "cpu"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert [p["path"] for p in result["predictions"]] == [good] and result["failed"] == 1
+    assert [e["path"] for e in result["errors"]] == [str(tmp_path / "broken.png")]
+    assert "UnidentifiedImageError" in result["errors"][0]["error"]
+
+
+def test_predict_leaves_out_hidden_files_and_reports_broken_links(run, tmp_path, capsys):
+    Image.fromarray(draw(np.random.default_rng(2), 0)).save(tmp_path / "cat.png")
+    (tmp_path / ".ipynb_checkpoints").mkdir()
+    Image.fromarray(draw(np.random.default_rng(2), 0)).save(tmp_path / ".ipynb_checkpoints" / "cat.png")
+    (tmp_path / "._cat.png").write_bytes(b"AppleDouble")
+    (tmp_path / "link.png").symlink_to(tmp_path / "gone.png")
+    assert main(["predict", str(run["ckpt"]), str(tmp_path), "--json", "--device", "cpu"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert [p["path"] for p in result["predictions"]] == [str(tmp_path / "cat.png")]
+    assert [e["path"] for e in result["errors"]] == [str(tmp_path / "link.png")]
+
+
+def test_warnings_reach_the_user_as_one_line(run, tmp_path):
+    """A real command in its own process, where no test framework captures the warnings."""
+    import os
+    import subprocess
+
+    data = tmp_path / "data"
+    for label, name in enumerate(CLASSES):
+        (data / name).mkdir(parents=True)
+        for i in range(1 if name == "fox" else 4):
+            Image.fromarray(draw(np.random.default_rng(i), label)).save(data / name / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "RESNET_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([sys.executable, "-m", "resnet", "eval", str(run["dir"]), "--data-dir", str(data),
+                             "--out", str(tmp_path), "--workers", "0", "--device", "cpu"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("resnet eval: warning: 1 class(es) have too few images to hold one out, so no "
+                             "validation image: fox\n")
+
 
 # --- export -----------------------------------------------------------------------
 
@@ -237,6 +274,33 @@ def test_export_onnx_parity_and_metadata(run, tmp_path, capsys):
     with torch.no_grad():
         assert np.abs(got - model(images).numpy()).max() < 1e-3
 
+    # Following the stated preprocessing by hand gives resnet predict's probabilities, on an
+    # image that needs every step: EXIF-rotated, partly transparent, not square.
+    steps = " ".join(metadata["preprocessing"]).lower()
+    assert all(word in steps for word in ("exif", "white", "rgb", "bilinear", "255", "mean", "std", "nchw"))
+    pixels = draw(np.random.default_rng(5), 1)
+    pixels[:20, :, 0] = 0
+    alpha = np.full((40, 48, 1), 255, np.uint8)
+    alpha[:20] = 90
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    photo = tmp_path / "rotated-rgba.png"
+    Image.fromarray(np.concatenate([pixels, alpha], 2)).transpose(Image.Transpose.ROTATE_90).save(photo, exif=exif)
+    assert main(["predict", str(run["ckpt"]), str(photo), "--json", "--device", "cpu"]) == 0
+    expected = {p["class"]: p["probability"] for p in json.loads(capsys.readouterr().out)["predictions"][0]["top"]}
+
+    from PIL import ImageOps
+
+    image = ImageOps.exif_transpose(Image.open(photo))
+    image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA")).convert("RGB")
+    size = metadata["image_size"]
+    x = np.asarray(image.resize((size, size), Image.BILINEAR), np.float32) / 255
+    x = ((x - np.array(metadata["mean"], np.float32)) / np.array(metadata["std"], np.float32)).transpose(2, 0, 1)
+    logits = session.run(None, {session.get_inputs()[0].name: x[None].astype(np.float32)})[0][0]
+    probabilities = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    assert {c: float(p) for c, p in zip(metadata["classes"], probabilities)} == pytest.approx(expected, abs=1e-4)
+    assert (Image.open(photo).size, image.size) == ((40, 48), (48, 40))  # stored turned; EXIF makes it upright
+
 
 def test_export_torchscript_parity_and_metadata(run, tmp_path, capsys):
     from resnet.export import load_torchscript
@@ -246,6 +310,7 @@ def test_export_torchscript_parity_and_metadata(run, tmp_path, capsys):
     assert "max |torchscript - pytorch| = " in capsys.readouterr().out
     module, metadata = load_torchscript(out)
     assert metadata["classes"] == CLASSES and metadata["image_size"] == SIZE
+    assert any("EXIF" in step for step in metadata["preprocessing"])
     model, _ = load_model_from_checkpoint(run["ckpt"])
     images = torch.randn(4, 3, SIZE, SIZE)
     with torch.no_grad():

@@ -172,10 +172,10 @@ def run_predict(args: argparse.Namespace) -> int:
     writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n") if args.csv else None
     if writer:
         writer.writeheader()
-    results, failed = [], 0
+    results, errors = [], []
     for prediction in predict_files(model, checkpoint, args.inputs, args.top_k, args.batch_size, device):
         if prediction.error is not None:
-            failed += 1
+            errors.append({"path": prediction.path, "error": prediction.error})
             print(f"resnet predict: {prediction.path}: {prediction.error}", file=sys.stderr)
         elif args.json:
             results.append(as_json(prediction))
@@ -185,8 +185,9 @@ def run_predict(args: argparse.Namespace) -> int:
             print(format_text(prediction))
         sys.stdout.flush()
     if args.json:
-        print(json.dumps({"checkpoint": checkpoint["path"], "predictions": results, "failed": failed}))
-    return 1 if failed else 0
+        print(json.dumps({"checkpoint": checkpoint["path"], "predictions": results, "failed": len(errors),
+                          "errors": errors}))
+    return 1 if errors else 0
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -30,15 +30,39 @@ PETALS_SIZES = {"train": 3000, "eval": 1000}  # images per split of the built-in
 
 
 def open_rgb(path: str | os.PathLike) -> Image.Image:
-    """Open any image as upright RGB: EXIF orientation applied; grayscale, palette,
-    CMYK and alpha converted (transparent pixels become white, not black)."""
+    """Open any image as upright 8-bit RGB: EXIF orientation applied; bilevel, grayscale,
+    palette, CMYK, YCbCr and LAB converted; alpha composited on white (transparent pixels
+    become white, not black); grayscale deeper than 8 bits scaled down (``to_8bit``)."""
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image)
-        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        if image.mode in DEEP_GRAY_MODES:
+            image = to_8bit(image)
+        if image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
             rgba = image.convert("RGBA")
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return image.convert("RGB")
+
+
+# Pillow's own conversion of these to RGB clips at 255: a 16-bit photo becomes white.
+DEEP_GRAY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_8bit(image: Image.Image) -> Image.Image:
+    """Grayscale of 16 bits, 32-bit integers or floats as 8-bit ``L``, full scale onto 255.
+
+    Full scale is 65535 for 16-bit modes; for ``I`` and ``F``, whose depth the mode does not
+    say, it is 1.0 for floats within [0, 1], 255 for values within [0, 255], else 65535.
+    """
+    values = np.nan_to_num(np.asarray(image, dtype=np.float64))
+    largest = values.max(initial=0.0)
+    if image.mode.startswith("I;16") or largest > 255:
+        full_scale = 65535.0
+    elif image.mode == "F" and largest <= 1:
+        full_scale = 1.0
+    else:
+        full_scale = 255.0
+    return Image.fromarray(np.clip(np.rint(values * (255 / full_scale)), 0, 255).astype(np.uint8))
 
 
 class ImageFiles(Dataset):
@@ -146,6 +170,15 @@ def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
     return DataSplits(load(train_name), load(eval_name), classes, load(test_name), eval_name=eval_name)
 
 
+def image_files_under(folder: Path) -> list[Path]:
+    """Image files below ``folder`` by extension, sorted. Hidden files and folders
+    (``.ipynb_checkpoints``, macOS's ``._photo.png``) are not images of the set; a broken
+    link is kept, so that reading it fails and is reported like any unreadable file."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink())
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     """Classes (sorted sub-folder names) and (path, label) for every image file below them."""
     if not root.is_dir():
@@ -155,7 +188,7 @@ def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
         raise ResnetError(f"{root} has no class sub-folders (expected {root}/<class>/<image>)")
     samples = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        files = image_files_under(root / name)
         if not files:
             raise ResnetError(f"class folder {root / name} has no images ({', '.join(IMAGE_EXTENSIONS)})")
         samples += [(p, label) for p in files]
@@ -187,6 +220,7 @@ def imagefolder_splits(root: Path, val_fraction: float, seed: int, strict: bool)
         if not 0 < val_fraction < 1:
             raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
         train_samples, val_samples = stratified_split(samples, val_fraction, seed)
+        check_held_out(classes, samples, val_samples, val_fraction)
 
     bad = set(find_unreadable([p for p, _ in train_samples + val_samples]))
     if bad:
@@ -204,6 +238,25 @@ def imagefolder_splits(root: Path, val_fraction: float, seed: int, strict: bool)
 
     return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val",
                       skipped=[str(p) for p in sorted(bad)])
+
+
+def check_held_out(classes: list[str], samples: list[tuple[Path, int]], held_out: list[tuple[Path, int]],
+                   fraction: float) -> None:
+    """An error when nothing is held out for validation; a warning naming the classes that
+    have no validation image (too few images to spare one)."""
+    held = {label for _, label in held_out}
+    if not held:
+        counts = np.bincount([label for _, label in samples], minlength=len(classes))
+        if counts.max() == 1:
+            raise ResnetError("every class has a single image: nothing to hold out for validation; "
+                              "add images or use DIR/train + DIR/val")
+        raise ResnetError(f"--val-fraction {fraction:g} holds out no image of any class (the largest has "
+                          f"{counts.max()}); raise it, add images, or use DIR/train + DIR/val")
+    missing = [name for label, name in enumerate(classes) if label not in held]
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        warnings.warn(f"{len(missing)} class(es) have too few images to hold one out, so no validation "
+                      f"image: {shown}", stacklevel=3)
 
 
 def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int):

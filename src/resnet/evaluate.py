@@ -205,36 +205,6 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
     path.write_text(buffer.getvalue())
 
 
-def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, title: str = "") -> None:
-    """Rows: true class, columns: predicted; colour is the share of the row, numbers are counts."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    counts = confusion.numpy()
-    totals = counts.sum(1, keepdims=True)
-    shares = np.divide(counts, totals, out=np.zeros(counts.shape, dtype=float), where=totals > 0)
-    n = len(classes)
-    side = min(30.0, max(5.0, 0.25 * n + 3))
-    fig, ax = plt.subplots(figsize=(side + 1, side))
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set(xlabel="predicted class", ylabel="true class", title=title)
-    if n <= 60:
-        ax.set_xticks(range(n), classes, rotation=90, fontsize=8 if n > 20 else 10)
-        ax.set_yticks(range(n), classes, fontsize=8 if n > 20 else 10)
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if counts[i, j]:
-                    ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if shares[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
                         split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
                         device: str = "cpu", batch_size: int = 64, workers: int = 2,
@@ -243,6 +213,7 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
 
     ``image_size`` and ``tta`` override the run's evaluation size and flip TTA.
     """
+    from resnet.plots import plot_confusion
     from resnet.train import select_device
 
     model, checkpoint = load_model_from_checkpoint(path, tta)

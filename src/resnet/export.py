@@ -2,8 +2,9 @@
 
 The exported graph takes a normalized float32 batch ``(N, 3, S, S)`` (N is dynamic)
 and returns logits ``(N, num_classes)``. What a caller needs to use it travels inside
-the file: class names, mean, std and input size (ONNX: ``metadata_props``, each value
-a JSON string; TorchScript: the extra file ``resnet.json``). After writing, the file is
+the file: class names, mean, std, input size and the image preprocessing step by step
+(ONNX: ``metadata_props``, each value a JSON string; TorchScript: the extra file
+``resnet.json``). After writing, the file is
 loaded back with its own runtime and compared with the PyTorch model on random input;
 the export fails if they differ by more than the tolerance.
 """
@@ -39,9 +40,27 @@ def export_metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "image_size": size,
         "input": f"float32 (N, 3, {size}, {size}): RGB resized to {size}x{size}, scaled to [0, 1], "
                  "then (x - mean) / std per channel",
+        "preprocessing": preprocessing_steps(size),
         "output": "logits (N, num_classes); softmax gives probabilities",
         "resnet_version": __version__,
     }
+
+
+def preprocessing_steps(size: int) -> list[str]:
+    """What ``resnet predict`` does to an image file before the model, step by step, so that
+    a caller of the exported file gets the same probabilities (``data.open_rgb``, then
+    ``data._ResizeToTensor``, then ``augment.Normalize``)."""
+    return [
+        "open the file with PIL; apply its EXIF orientation (PIL.ImageOps.exif_transpose)",
+        "grayscale deeper than 8 bits (PIL modes I;16, I, F): scale its full range (65535 for 16 bits) to 0-255",
+        "an image with alpha or a transparent colour: composite it on an opaque white background",
+        "convert to RGB (PIL Image.convert('RGB'))",
+        f"resize to ({size}, {size}) with PIL Image.resize(..., Image.BILINEAR), squashing the aspect "
+        "ratio (no crop)",
+        "float32, divided by 255",
+        "subtract mean and divide by std, per RGB channel",
+        "lay out as NCHW: (N, 3, height, width)",
+    ]
 
 
 def require_onnx() -> None:

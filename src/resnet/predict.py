@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet.data import IMAGE_EXTENSIONS, _ResizeToTensor, open_rgb
+from resnet.data import IMAGE_EXTENSIONS, _ResizeToTensor, image_files_under, open_rgb
 
 
 @dataclass
@@ -34,7 +34,7 @@ def image_files(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | No
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+            files = image_files_under(path)
             if not files:
                 found.append((str(path), f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this directory"))
             found += [(str(p), None) for p in files]

@@ -1,0 +1,172 @@
+"""Bad and unusual input files: every image mode, links, hidden files, tiny classes, any script."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import make_image_folder
+from resnet.data import load_splits, open_rgb
+from resnet.errors import ResnetError
+
+RNG = np.random.default_rng(0)
+GRAY = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
+RGB = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+ALPHA = np.array([0, 64, 128, 255] * 6, np.uint8).reshape(4, 6)
+DEEP = np.array([0, 1, 128, 255, 256, 1000, 30000, 32768, 40000, 65000, 65534, 65535] * 2, np.uint16).reshape(4, 6)
+PALETTE = np.array([[200, 10, 10], [10, 200, 10], [10, 10, 200], [90, 90, 90]], np.uint8)
+INDICES = (np.arange(24) % 4).astype(np.uint8).reshape(4, 6)
+
+
+def gray3(values: np.ndarray) -> np.ndarray:
+    return np.repeat(values[..., None], 3, axis=2)
+
+
+def on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    a = alpha[..., None].astype(np.float64) / 255
+    return np.rint(rgb * a + 255 * (1 - a))
+
+
+def deep_to_8bit(values: np.ndarray, full_scale: float) -> np.ndarray:
+    return gray3(np.clip(np.rint(values.astype(np.float64) * 255 / full_scale), 0, 255))
+
+
+def lab_gray_to_srgb(lightness_byte: np.ndarray) -> np.ndarray:
+    """CIE L* (a* = b* = 0) to sRGB, from the standards' formulas."""
+    lightness = lightness_byte.astype(np.float64) * 100 / 255
+    y = np.where(lightness > 8, ((lightness + 16) / 116) ** 3, lightness / 903.3)
+    srgb = np.where(y <= 0.0031308, 12.92 * y, 1.055 * y ** (1 / 2.4) - 0.055)
+    return gray3(np.rint(srgb * 255))
+
+
+def ycbcr_to_rgb(y: float, cb: float, cr: float) -> np.ndarray:
+    """JFIF's YCbCr to RGB."""
+    return np.array([y + 1.402 * (cr - 128), y - 0.344136 * (cb - 128) - 0.714136 * (cr - 128),
+                     y + 1.772 * (cb - 128)])
+
+
+def palette_image(transparent: int | None) -> Image.Image:
+    image = Image.frombytes("P", (6, 4), INDICES.tobytes())
+    image.putpalette(PALETTE.ravel().tolist())
+    if transparent is not None:
+        image.info["transparency"] = transparent
+    return image
+
+
+def palette_expected(transparent: int | None) -> np.ndarray:
+    expected = PALETTE[INDICES].astype(np.float64)
+    if transparent is not None:
+        expected[INDICES == transparent] = 255
+    return expected
+
+
+CMY = RNG.integers(0, 256, (4, 6, 3), dtype=np.uint8)
+YCC = (120, 90, 170)
+LAB_L = RNG.integers(0, 256, (4, 6), dtype=np.uint8)
+
+# mode: (file name, the image, the expected RGB computed here, tolerance)
+CASES = {
+    "1": ("bits.png", lambda: Image.fromarray(GRAY > 127), lambda: gray3(np.where(GRAY > 127, 255, 0)), 0),
+    "L": ("gray.png", lambda: Image.fromarray(GRAY), lambda: gray3(GRAY), 0),
+    "LA": ("gray-alpha.png", lambda: Image.fromarray(np.dstack([GRAY, ALPHA])),
+           lambda: on_white(gray3(GRAY), ALPHA), 1),
+    "P": ("palette.png", lambda: palette_image(None), lambda: palette_expected(None), 0),
+    "P-transparency": ("palette-clear.png", lambda: palette_image(2), lambda: palette_expected(2), 0),
+    "RGB": ("rgb.png", lambda: Image.fromarray(RGB), lambda: RGB, 0),
+    "RGBA": ("rgba.png", lambda: Image.fromarray(np.dstack([RGB, ALPHA])), lambda: on_white(RGB, ALPHA), 1),
+    "CMYK": ("cmyk.tif", lambda: Image.fromarray(np.dstack([CMY, np.zeros((4, 6), np.uint8)]), "CMYK"),
+             lambda: 255 - CMY.astype(np.int64), 0),
+    "YCbCr": ("ycbcr.jpg", lambda: Image.new("YCbCr", (6, 4), YCC),  # JPEG stores YCbCr
+              lambda: np.broadcast_to(ycbcr_to_rgb(*YCC), (4, 6, 3)), 2),
+    "I;16": ("deep.png", lambda: Image.fromarray(DEEP), lambda: deep_to_8bit(DEEP, 65535), 0),
+    "I;16B": ("deep-big-endian.tif", lambda: Image.frombytes("I;16B", (6, 4), DEEP.astype(">u2").tobytes()),
+              lambda: deep_to_8bit(DEEP, 65535), 0),
+    "I": ("int32.tif", lambda: Image.fromarray(DEEP.astype(np.int32)), lambda: deep_to_8bit(DEEP, 65535), 0),
+    "F": ("float.tif", lambda: Image.fromarray(DEEP.astype(np.float32) / 65535),
+          lambda: deep_to_8bit(DEEP.astype(np.float64) / 65535, 1.0), 0),
+    "LAB": ("lab.tif", lambda: Image.merge("LAB", [Image.fromarray(LAB_L)] + [Image.new("L", (6, 4), 128)] * 2),
+            lambda: lab_gray_to_srgb(LAB_L), 1),
+}
+
+
+@pytest.mark.parametrize("mode", list(CASES))
+def test_every_image_mode_reads_as_the_right_8bit_rgb(tmp_path, mode):
+    name, make, expected, tolerance = CASES[mode]
+    image = make()
+    assert image.mode == mode.split("-")[0]
+    image.save(tmp_path / name, **({"quality": 100} if name.endswith(".jpg") else {}))
+    got = open_rgb(tmp_path / name)
+    assert (got.mode, got.size) == ("RGB", (6, 4))
+    difference = np.abs(np.asarray(got, np.int64) - np.asarray(expected(), np.float64))
+    assert difference.max() <= tolerance, (mode, np.asarray(got)[..., 0], np.asarray(expected())[..., 0])
+
+
+def test_a_16bit_photo_is_not_white(tmp_path):
+    Image.fromarray(np.full((4, 6), 32896, np.uint16)).save(tmp_path / "mid-gray.png")  # 128 * 257
+    assert set(np.asarray(open_rgb(tmp_path / "mid-gray.png")).ravel()) == {128}
+
+
+# --- what an image folder holds ------------------------------------------------------------
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
+
+
+def test_a_broken_link_is_reported_like_an_unreadable_file(folder):
+    os.symlink(folder / "a" / "moved-away.png", folder / "a" / "link.png")
+    with pytest.warns(UserWarning, match=r"skipping 1 unreadable image\(s\): .*link.png"):
+        splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
+    assert splits.skipped == [str(folder / "a" / "link.png")]
+    assert len(splits.train) + len(splits.eval) == 18
+    with pytest.raises(ResnetError, match=r"1 unreadable image\(s\): .*link.png"):
+        load_splits("imagefolder", str(folder), strict=True)
+
+
+def test_hidden_files_and_folders_are_not_images_of_the_set(folder):
+    (folder / "a" / ".ipynb_checkpoints").mkdir()
+    Image.open(folder / "a" / "0.png").save(folder / "a" / ".ipynb_checkpoints" / "0-checkpoint.png")
+    (folder / "b" / "._0.png").write_bytes(b"\x00\x05\x16\x07 AppleDouble resource fork")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the AppleDouble file is not even looked at
+        splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
+    paths = splits.train.paths + splits.eval.paths
+    assert len(paths) == 18 and not any(part.startswith(".") for p in paths for part in p.relative_to(folder).parts)
+
+
+def test_single_image_classes_say_there_is_nothing_to_hold_out(tmp_path):
+    root = make_image_folder(tmp_path / "images", ["a", "b"], per_class=1)
+    with pytest.raises(ResnetError, match="every class has a single image: nothing to hold out for validation; "
+                                          "add images or use DIR/train"):
+        load_splits("imagefolder", str(root))
+
+
+def test_a_class_without_a_validation_image_is_named(tmp_path):
+    root = make_image_folder(tmp_path / "images", ["big", "other", "tiny"], per_class=5)
+    for extra in ("1.png", "2.png", "3.png", "4.png"):
+        (root / "tiny" / extra).unlink()
+    with pytest.warns(UserWarning, match=r"1 class\(es\) have too few images to hold one out.*: tiny$"):
+        splits = load_splits("imagefolder", str(root), val_fraction=0.2)
+    assert sorted(set(splits.eval.labels)) == [0, 1] and 2 in splits.train.labels
+
+
+# --- class names in any script ----------------------------------------------------------------
+
+
+def test_plots_of_cjk_and_emoji_class_names_warn_of_nothing(tmp_path):
+    from resnet.plots import plot_confusion, plot_curves
+
+    classes = ["猫", "犬", "狐狸 🦊"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_confusion(torch.tensor([[2, 0, 0], [1, 1, 0], [0, 0, 3]]), classes, tmp_path / "c.png", "猫 / 犬")
+        plot_curves([{"epoch": 1, "train_loss": 1.0, "eval_loss": 1.1, "top1": 0.5, "top5": 1.0}],
+                    tmp_path / "curves.png", "resnet18 on 花")
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
