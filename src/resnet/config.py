@@ -177,5 +177,11 @@ def validate(config: TrainConfig) -> None:
 
 
 def load_config(run_dir: Path) -> TrainConfig:
-    return TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    try:
+        values = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError) as error:  # unreadable, or not JSON
+        raise ResnetError(f"{run_dir / 'config.json'} cannot be read: {error}") from None
+    if not isinstance(values, dict):
+        raise ResnetError(f"{run_dir / 'config.json'} does not hold a config (a JSON object)")
+    return TrainConfig.from_dict(values)
 
