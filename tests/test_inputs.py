@@ -170,3 +170,15 @@ def test_plots_of_cjk_and_emoji_class_names_warn_of_nothing(tmp_path):
         plot_curves([{"epoch": 1, "train_loss": 1.0, "eval_loss": 1.1, "top1": 0.5, "top5": 1.0}],
                     tmp_path / "curves.png", "resnet18 on 花")
     assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_installed_fallback_fonts_are_tried_after_the_default(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from resnet import plots
+
+    monkeypatch.setattr(plots, "FALLBACK_FONTS", ("No Such Font", "DejaVu Serif"))
+    before = list(plt.rcParams["font.family"])
+    with plots.labels_in_any_script():
+        assert plt.rcParams["font.family"] == [*before, "DejaVu Serif"]
+    assert plt.rcParams["font.family"] == before

@@ -41,7 +41,8 @@ class TrainConfig:
     epochs: int = option(40, "training epochs")
     batch_size: int = option(16, "images per optimizer step (the global batch under torchrun)")
     image_size: int = option(112, "training crop side, pixels")
-    eval_image_size: int | None = option(None, "evaluation resize (default: image size * 10/7, FixRes)")
+    eval_image_size: int | None = option(
+        None, "evaluation resize (default: image size * 10/7, FixRes; petals at their preset 56: 64)")
     cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
     optimizer: str = option("sgd", "sgd (with --momentum and --nesterov) | adamw (decoupled weight decay)")
     lr: float = option(0.025, "peak learning rate, for this batch size")
