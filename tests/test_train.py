@@ -409,7 +409,7 @@ def test_weight_decay_skips_norms_and_biases():
 
 
 def test_epoch_batches_shard_the_permutation_disjointly():
-    from resnet.distributed import Topology
+    from resnet.distributed import Topology, shard
 
     whole = train_module.epoch_batches(50, 8, seed=0, epoch=3)
     assert [len(b) for b in whole] == [8] * 6 + [2]
@@ -417,7 +417,7 @@ def test_epoch_batches_shard_the_permutation_disjointly():
     two = train_module.epoch_batches(50, 8, seed=0, epoch=3, world_size=2)
     assert [torch.equal(a, b) for a, b in zip(whole, two)] == [True] * 6 and len(two) == 6
     for batch in two:
-        halves = [train_module.shard(batch, Topology(r, 2)) for r in (0, 1)]
+        halves = [shard(batch, Topology(r, 2)) for r in (0, 1)]
         assert [len(h) for h in halves] == [4, 4]
         assert sorted(torch.cat(halves).tolist()) == sorted(batch.tolist())
     assert not torch.equal(torch.cat(whole), torch.cat(train_module.epoch_batches(50, 8, seed=0, epoch=4)))
