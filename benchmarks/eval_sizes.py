@@ -15,7 +15,13 @@ from pathlib import Path
 import torch
 
 from resnet.data import decode
-from resnet.evaluate import classification_metrics, decoded_eval_batches, eval_source, load_model_from_checkpoint, predict_logits
+from resnet.evaluate import (
+    classification_metrics,
+    decoded_eval_batches,
+    eval_source,
+    load_model_from_checkpoint,
+    predict_logits,
+)
 from resnet.hardware import select_precision
 from resnet.model import FlipTTA
 

@@ -217,6 +217,16 @@ def test_flowers102_splits(tmp_path, monkeypatch):
     assert sorted(official.train.labels) == [0, 1, 2]
 
 
+def test_official_split_scores_the_best_checkpoint_on_test_once(tmp_path, monkeypatch):
+    root = make_fake_flowers(tmp_path / "data", monkeypatch)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "flowers102", "--data-dir", str(root), "--split", "official", "--out", str(out),
+                 *TINY, "--epochs", "1", "--batch-size", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["split"], summary["eval_split"], summary["test_images"]) == ("official", "val", 6)
+    assert summary["test_top1"] * 6 == pytest.approx(round(summary["test_top1"] * 6))
+
+
 def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, capsys):
     def offline(self):
         raise urllib.error.URLError("no network")

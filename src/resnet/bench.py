@@ -191,11 +191,11 @@ class Pipelines:
         tutorial = resolve_config({"dataset": "imagefolder", "recipe": TUTORIAL_RECIPE,
                                    "image_size": options.image_size})
         self.tutorial_transform = augment.classic_train_transform(augment_spec(tutorial), options.image_size)
+        recipe = TUTORIAL_RECIPE if options.recipe == "tutorial" else options.recipe
         self.config = resolve_config({
-            "dataset": "imagefolder", "recipe": TUTORIAL_RECIPE if options.recipe == "tutorial" else options.recipe,
-            "arch": options.arch,
-            "image_size": options.image_size, "batch_size": options.batch_size, "device": options.device,
-            "precision": options.precision, "workers": options.workers, "seed": options.seed})
+            "dataset": "imagefolder", "recipe": recipe, "arch": options.arch, "image_size": options.image_size,
+            "batch_size": options.batch_size, "device": options.device, "precision": options.precision,
+            "workers": options.workers, "seed": options.seed})
         start = time.perf_counter()
         decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False)
         self.decode_seconds = time.perf_counter() - start

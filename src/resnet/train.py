@@ -443,7 +443,8 @@ class Run:
         return epoch_batches(len(self.splits.train), self.config.batch_size, self.config.seed, epoch,
                              self.topology.world_size)
 
-    def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
+                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(step, images, labels)`` from the epoch's next step on, from either pipeline."""
         config, first = self.config, self.state.step
         if self.fast_batches is not None:
@@ -481,7 +482,8 @@ class Run:
             if step % 10 == 0 or state.step == len(batches):
                 self.check_finite(loss.item(), epoch, step)  # a sync with the device: not every step
                 seconds = time.perf_counter() - self.epoch_start
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{(state.images_seen - images_at_start) / seconds:.0f}")
+                speed = (state.images_seen - images_at_start) / seconds
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.0f}")
             bar.update(1)
             if stop_requested(stop, self.topology, step):
                 state.loss_sum = loss_sum.item()
