@@ -80,8 +80,9 @@ def test_each_machine_decodes_its_own_cache_once(tmp_path):
         assert launcher.returncode == 0, err[-3000:]
 
     for node, (_, err) in enumerate(outputs):
+        # Every process that has to decode says so: here only the machine's local rank 0, once for
+        # the training images and once for the evaluation images.
         decoding = [line for line in err.splitlines() if " decoding " in line]
-        # The training and the evaluation images, each decoded once, by the machine's local rank 0.
         assert len(decoding) == 2, err[-3000:]
         assert all(line.startswith(f"resnet train: rank {2 * node} decoding ") for line in decoding), decoding
         assert len(list((tmp_path / f"cache-{node}").glob("*.npy"))) == 2

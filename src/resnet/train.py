@@ -219,7 +219,7 @@ def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Top
     if not decoder:
         distributed.barrier(topology)
     path = cache_file(source, size)
-    if decoder and path is not None and not path.exists() and not config.quiet:
+    if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
         print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
               file=sys.stderr, flush=True)
     data = decode(source, size, workers=config.workers)
