@@ -15,9 +15,15 @@ from pathlib import Path
 import torch
 
 from resnet.data import decode
-from resnet.evaluate import eval_source, load_model_from_checkpoint
+from resnet.evaluate import (
+    classification_metrics,
+    decoded_eval_batches,
+    eval_source,
+    load_model_from_checkpoint,
+    predict_logits,
+)
+from resnet.hardware import select_precision
 from resnet.model import FlipTTA
-from resnet.train import classification_metrics, decoded_eval_batches, predict_logits, select_precision
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -50,3 +51,39 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
             assert float(b[column]) == pytest.approx(float(a[column]), abs=1e-4), column
     # The accuracy is over all 6 images: a multiple of 1/6.
     assert all(abs(float(r["top1"]) * 6 - round(float(r["top1"]) * 6)) < 1e-6 for r in two_rows)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_each_machine_decodes_its_own_cache_once(tmp_path):
+    """Two torchrun launchers stand for two machines of two processes each; each has its own
+    RESNET_CACHE, standing for its own disk. One process per machine must decode (and say so),
+    and each machine's cache must get the files."""
+    data = make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=8)
+    port = free_port()
+    launchers = []
+    for node in (0, 1):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "RESNET_CACHE": str(tmp_path / f"cache-{node}")}
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=2",
+                  f"--node_rank={node}", "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "resnet",
+                  "train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1", "--image-size", "32",
+                  "--batch-size", "8", "--workers", "0", "--precision", "fp32", "--arch", "resnet18",
+                  "--out", str(tmp_path / "run")]
+        launchers.append(subprocess.Popen(launch, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outputs = [launcher.communicate(timeout=900) for launcher in launchers]
+    for launcher, (_, err) in zip(launchers, outputs):
+        assert launcher.returncode == 0, err[-3000:]
+
+    for node, (_, err) in enumerate(outputs):
+        # Every process that has to decode says so: here only the machine's local rank 0, once for
+        # the training images and once for the evaluation images.
+        decoding = [line for line in err.splitlines() if " decoding " in line]
+        assert len(decoding) == 2, err[-3000:]
+        assert all(line.startswith(f"resnet train: rank {2 * node} decoding ") for line in decoding), decoding
+        assert len(list((tmp_path / f"cache-{node}").glob("*.npy"))) == 2
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_images"] == 6

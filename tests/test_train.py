@@ -252,6 +252,16 @@ def test_a_run_from_before_the_rename_still_evaluates_and_resumes(tmp_path, monk
     assert resolve_config({"recipe": "seed"}).recipe == "tutorial"  # old scripts' configs, given to the API
 
 
+def test_official_split_scores_the_best_checkpoint_on_test_once(tmp_path, monkeypatch):
+    root = make_fake_flowers(tmp_path / "data", monkeypatch)
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "flowers102", "--data-dir", str(root), "--split", "official", "--out", str(out),
+                 *TINY, "--epochs", "1", "--batch-size", "3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["split"], summary["eval_split"], summary["test_images"]) == ("official", "val", 6)
+    assert summary["test_top1"] * 6 == pytest.approx(round(summary["test_top1"] * 6))
+
+
 def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, capsys):
     def offline(self):
         raise urllib.error.URLError("no network")
@@ -419,6 +429,129 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, args, message):
     assert message in one_line_error(capsys)
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--workers", "-1"], "--workers must be at least 0, got -1"),
+        (["--lr", "nan"], "--lr must be a finite number, got nan"),
+        (["--label-smoothing", "inf"], "--label-smoothing must be a finite number, got inf"),
+        (["--image-size", "100000"], "--image-size must be at most 2048, got 100000"),
+        (["--eval-image-size", "4000"], "--eval-image-size must be at most 2048, got 4000"),
+        (["--cache-size", "4000"], "--cache-size must be at most 2048, got 4000"),
+    ],
+)
+def test_bad_values_are_refused_before_anything_runs(folder, tmp_path, capsys, args, message):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out), *TINY, *args])
+    assert code == 2
+    assert message in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_sizes_derived_from_the_image_size_are_bounded_too():
+    with pytest.raises(ResnetError, match=r"--eval-image-size must be at most 2048, got 2857 \(10/7 of --image-size"):
+        resolve_config({"dataset": "flowers102", "image_size": 2000})
+
+
+def test_config_json_is_strict_json():
+    with pytest.raises(ValueError):
+        TrainConfig(lr=float("nan")).to_json()
+
+
+def test_out_below_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    assert main(["train", "--out", str(tmp_path / "file" / "run"), *TINY]) == 2
+    assert "is a file, not a directory" in one_line_error(capsys)
+
+
+def test_a_failed_start_leaves_no_run_directory(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(tmp_path / "missing"), "--out", str(out),
+                 *TINY]) == 2
+    assert "is not a directory" in one_line_error(capsys)
+    assert not out.exists()
+
+
+def test_divergence_before_any_checkpoint_names_none_and_leaves_no_run(folder, tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out), *TINY,
+                 "--lr", "1e30", "--warmup-epochs", "0"])
+    assert code == 2
+    err = one_line_error(capsys)
+    assert "the training loss became" in err and "No checkpoint was saved" in err and "last.pt" not in err
+    assert not out.exists()  # neither resumable nor reusable: removed, so --out works again
+
+
+def fake_run(run_dir: Path, config_text: str | None = None) -> Path:
+    """A run directory as resume_config sees it: config.json and a (here unreadable) last.pt."""
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(config_text if config_text is not None else TrainConfig(epochs=2).to_json())
+    (run_dir / "last.pt").write_bytes(b"not read before the options are checked")
+    return run_dir
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--lr", "0.5"], "--lr cannot change on resume (the run has 0.025)"),
+        (["--arch", "resnet34"], "--arch cannot change on resume"),
+        (["--epochs", "-5"], "--epochs must be at least 1, got -5"),
+        (["--workers", "-1"], "--workers must be at least 0, got -1"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_honour(tmp_path, capsys, args, message):
+    run_dir = fake_run(tmp_path / "run")
+    assert main(["train", "--resume", str(run_dir), *args]) == 2
+    assert message in one_line_error(capsys)
+
+
+def test_resume_with_an_invalid_config_names_the_file(tmp_path, capsys):
+    run_dir = fake_run(tmp_path / "run", config_text="{not json")
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert f"{run_dir / 'config.json'} is not a readable config" in one_line_error(capsys)
+    (run_dir / "config.json").write_text(json.dumps({**json.loads(TrainConfig().to_json()), "epochs": "ten"}))
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "--epochs must be an int, got 'ten'" in one_line_error(capsys)
+
+
+def test_a_run_on_three_classes_and_its_extension(folder, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir), *TINY,
+                 "--epochs", "1"]) == 0
+    epoch_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch"))
+    assert "top-3" in epoch_line and "top-5" not in epoch_line  # three classes: top-5 would be top-3
+    assert json.loads((run_dir / "summary.json").read_text())["split"] is None  # a flowers102 scheme only
+    # On resume the epochs extend the run (and the worker count may change); config.json records both.
+    assert main(["train", "--resume", str(run_dir), "--epochs", "2", "--workers", "1"]) == 0
+    assert len(read_metrics(run_dir)) == 2
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert (saved["epochs"], saved["workers"]) == (2, 1)
+
+
+def test_checkpoint_format_is_checked_and_older_checkpoints_load(tmp_path):
+    from resnet.evaluate import load_model_from_checkpoint
+
+    plain = {"arch": "resnet18", "classes": ["a", "b"], "model": train_module.get_model("resnet18", num_classes=2)
+             .state_dict()}
+    torch.save(plain, tmp_path / "old.pt")  # written before checkpoints had a format field
+    model, _ = load_model_from_checkpoint(tmp_path / "old.pt", tta=False)
+    assert model.fc.out_features == 2
+    torch.save({**plain, "format": 99}, tmp_path / "new.pt")
+    with pytest.raises(ResnetError, match=r"new.pt is a checkpoint of format 99, newer than this version"):
+        load_model_from_checkpoint(tmp_path / "new.pt")
+
+
+def test_truncated_checkpoint_message_is_a_whole_sentence(tmp_path):
+    path = tmp_path / "last.pt"
+    save_atomic({"weights": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ResnetError) as error:
+        load_checkpoint(path)
+    assert str(error.value).startswith(f"{path} is not a readable checkpoint: it is truncated, corrupt or not a "
+                                       "PyTorch file (")
+    assert str(error.value).endswith(")")
+
+
 def test_learning_rate_warms_up_then_follows_a_cosine():
     config = resolve_config({"lr": 0.1, "warmup_epochs": 1, "epochs": 11})
     lrs = [train_module.learning_rate(config, step, 10) for step in range(110)]
@@ -446,7 +579,7 @@ def test_weight_decay_skips_norms_and_biases():
 
 
 def test_epoch_batches_shard_the_permutation_disjointly():
-    from resnet.distributed import Topology
+    from resnet.distributed import Topology, shard
 
     whole = train_module.epoch_batches(50, 8, seed=0, epoch=3)
     assert [len(b) for b in whole] == [8] * 6 + [2]
@@ -454,7 +587,7 @@ def test_epoch_batches_shard_the_permutation_disjointly():
     two = train_module.epoch_batches(50, 8, seed=0, epoch=3, world_size=2)
     assert [torch.equal(a, b) for a, b in zip(whole, two)] == [True] * 6 and len(two) == 6
     for batch in two:
-        halves = [train_module.shard(batch, Topology(r, 2)) for r in (0, 1)]
+        halves = [shard(batch, Topology(r, 2)) for r in (0, 1)]
         assert [len(h) for h in halves] == [4, 4]
         assert sorted(torch.cat(halves).tolist()) == sorted(batch.tolist())
     assert not torch.equal(torch.cat(whole), torch.cat(train_module.epoch_batches(50, 8, seed=0, epoch=4)))

@@ -129,6 +129,12 @@ def test_eval_overrides_size_and_tta(run, tmp_path, capsys):
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-4)
 
 
+@pytest.mark.parametrize("size", ["100000", "16"])
+def test_eval_refuses_an_image_size_out_of_range(run, capsys, size):
+    assert main(["eval", str(run["dir"]), "--workers", "0", "--device", "cpu", "--image-size", size]) == 2
+    assert f"--image-size must be between 32 and 2048, got {size}" in one_line_error(capsys, "eval")
+
+
 def test_eval_text_output_other_subset_and_out_dir(run, tmp_path, capsys):
     assert main(["eval", str(run["ckpt"]), "--subset", "all", "--out", str(tmp_path), "--workers", "0",
                  "--device", "cpu"]) == 0

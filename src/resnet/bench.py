@@ -33,29 +33,22 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from resnet import augment, petals
-from resnet.config import resolve_config
-from resnet.data import ImageFiles, cache_dir, decode, flowers102_splits, list_class_folders
+from resnet.config import CHOICES, MAX_IMAGE_SIZE, RECIPES, resolve_config
+from resnet.data import ImageFiles, cache_dir, classic_loader, decode, flowers102_splits, list_class_folders
 from resnet.errors import ResnetError
+from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
 from resnet.model import get_model
-from resnet.train import (
-    FastTrainBatches,
-    augment_spec,
-    autocast,
-    classic_loader,
-    cpu_supports_bf16,
-    generator_for,
-    select_device,
-    select_precision,
-)
+from resnet.train import FastTrainBatches, TrainStep, augment_spec, generator_for
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-PRECISION_NAMES = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+# The config's name of the tutorial's recipe: "tutorial", formerly "seed".
+TUTORIAL_RECIPE = "tutorial" if "tutorial" in RECIPES else "seed"
+TUTORIAL_SPLIT = "tutorial" if "tutorial" in CHOICES["split"] else "seed"
 BUSY_WARNING = 0.2  # share of CPU time used by other work before a run that earns a warning
 
 
@@ -73,7 +66,7 @@ class BenchOptions:
     workers: int = 2
     device: str = "auto"
     precision: str = "auto"  # ours
-    recipe: str = "seed"  # ours' augmentation: seed (the tutorial's transforms) | default
+    recipe: str = "tutorial"  # ours' augmentation: tutorial (the tutorial's transforms) | default
     seed: int = 0
     note: str = ""
 
@@ -123,7 +116,7 @@ def bench_source(options: BenchOptions) -> tuple[ImageFiles, int, dict[str, Any]
     root = Path(options.data_dir)
     if (root / "flowers-102").is_dir() or root.name == "flowers-102":
         # The tutorial's training images: torchvision's Flowers102(split="test").
-        files = flowers102_splits(str(root.parent if root.name == "flowers-102" else root), "seed").train
+        files = flowers102_splits(str(root.parent if root.name == "flowers-102" else root), TUTORIAL_SPLIT).train
         kind, num_classes = "flowers102", 102
     else:
         classes, samples = list_class_folders(root / "train" if (root / "train").is_dir() else root)
@@ -176,25 +169,17 @@ def median(values: list[float]) -> float:
 
 
 class Trainer:
-    """A model and its SGD optimizer, one training step at a time."""
+    """A model and its SGD optimizer, one training step at a time (training's own step)."""
 
     def __init__(self, arch: str, num_classes: int, device: torch.device, dtype: torch.dtype | None,
                  memory_format: torch.memory_format, seed: int) -> None:
         torch.manual_seed(seed)
-        self.model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-        self.device, self.dtype, self.memory_format = device, dtype, memory_format
+        model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
+        optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM)
+        self.train_step = TrainStep(model, optimizer, device, dtype, memory_format)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> int:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            loss = F.cross_entropy(self.model(images), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        self.train_step(images, labels)
         return len(labels)
 
 
@@ -203,12 +188,14 @@ class Pipelines:
 
     def __init__(self, options: BenchOptions, files: ImageFiles, device: torch.device) -> None:
         self.options, self.files, self.device = options, files, device
-        seed_config = resolve_config({"dataset": "imagefolder", "recipe": "seed", "image_size": options.image_size})
-        self.tutorial_transform = augment.classic_train_transform(augment_spec(seed_config), options.image_size)
+        tutorial = resolve_config({"dataset": "imagefolder", "recipe": TUTORIAL_RECIPE,
+                                   "image_size": options.image_size})
+        self.tutorial_transform = augment.classic_train_transform(augment_spec(tutorial), options.image_size)
+        recipe = TUTORIAL_RECIPE if options.recipe == "tutorial" else options.recipe
         self.config = resolve_config({
-            "dataset": "imagefolder", "recipe": options.recipe, "arch": options.arch,
-            "image_size": options.image_size, "batch_size": options.batch_size, "device": options.device,
-            "precision": options.precision, "workers": options.workers, "seed": options.seed})
+            "dataset": "imagefolder", "recipe": recipe, "arch": options.arch, "image_size": options.image_size,
+            "batch_size": options.batch_size, "device": options.device, "precision": options.precision,
+            "workers": options.workers, "seed": options.seed})
         start = time.perf_counter()
         decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False)
         self.decode_seconds = time.perf_counter() - start
@@ -278,10 +265,10 @@ def log(message: str) -> None:
 
 
 def benchmark(options: BenchOptions) -> dict[str, Any]:
+    """The three measurements on one machine, in one run; a JSON-ready dict."""
     validate(options)
     device = select_device(options.device)
     ours_dtype = select_precision(options.precision, device)
-    ours_precision = PRECISION_NAMES[ours_dtype]
     machine = machine_info(device)
     files, num_classes, source = bench_source(options)
     log(f"{options.arch} at {options.image_size} px, batch {options.batch_size}, on {device.type}; "
@@ -295,8 +282,25 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
                    "cache_size": pipelines.config.resolved_cache_size()}
     log(f"decoded {len(files)} images to {decode_info['cache_size']} px in {pipelines.decode_seconds:.1f} s "
         "(one-off, excluded from ours)")
+    e2e = end_to_end_rounds(options, pipelines, num_classes, ours_dtype)
+    model_rounds = model_only_rounds(options, num_classes, device, ours_dtype)
+    data = data_only_rounds(options, pipelines)
+    return {
+        "end_to_end": end_to_end_summary(options, pipelines, e2e, model_rounds, ours_dtype, decode_info),
+        "model_only": {name: {fmt: median(speeds) for fmt, speeds in formats.items()}
+                       for name, formats in model_rounds.items()},
+        "data_only": {"tutorial": median(data["tutorial"]), "ours": median(data["ours"]),
+                      "ratio": median(data["ours"]) / median(data["tutorial"]), "rounds": data},
+        "model_only_rounds": model_rounds,
+        "config": {**asdict(options), "device_resolved": str(device), "num_classes": num_classes, "source": source},
+        "machine": machine,
+    }
 
-    # 1. End to end, rounds alternating between the two pipelines.
+
+def end_to_end_rounds(options: BenchOptions, pipelines: Pipelines, num_classes: int,
+                      ours_dtype: torch.dtype | None) -> dict[str, list[float]]:
+    """1. Real training steps fed by each pipeline, in rounds alternating between the two."""
+    device = pipelines.device
     tutorial = Trainer(options.arch, num_classes, device, None, torch.contiguous_format, options.seed)
     ours = Trainer(options.arch, num_classes, device, ours_dtype, torch.channels_last, options.seed)
     e2e: dict[str, list[float]] = {"tutorial": [], "ours": []}
@@ -305,64 +309,66 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
         e2e["ours"].append(pipelines.run_ours(r, ours.step))
         log(f"end to end, round {r + 1}/{options.rounds}: tutorial {e2e['tutorial'][-1]:.1f}, "
             f"ours {e2e['ours'][-1]:.1f} images/s")
-    del tutorial, ours
+    return e2e
 
-    # 2. Model only, on a batch already on the device.
-    model_only: dict[str, dict[str, float]] = {}
-    model_rounds: dict[str, dict[str, list[float]]] = {}
+
+def model_only_rounds(options: BenchOptions, num_classes: int, device: torch.device,
+                      ours_dtype: torch.dtype | None) -> dict[str, dict[str, list[float]]]:
+    """2. The model step alone, on a batch already on the device, per precision and memory format."""
+    rounds: dict[str, dict[str, list[float]]] = {}
     precisions = supported_precisions(device)
     if ours_dtype not in precisions:  # e.g. --precision fp16 on a CPU: measure it anyway
         precisions.append(ours_dtype)
     for dtype in precisions:
         for format_name, memory_format in FORMATS.items():
             speeds = model_step_speeds(options, num_classes, device, dtype, memory_format)
-            name = PRECISION_NAMES[dtype]
-            model_only.setdefault(name, {})[format_name] = median(speeds)
-            model_rounds.setdefault(name, {})[format_name] = speeds
-            log(f"model only, {name} {format_name}: {median(speeds):.1f} images/s")
+            rounds.setdefault(PRECISION_NAMES[dtype], {})[format_name] = speeds
+            log(f"model only, {PRECISION_NAMES[dtype]} {format_name}: {median(speeds):.1f} images/s")
+    return rounds
 
-    # 3. Data only, rounds alternating.
+
+def data_only_rounds(options: BenchOptions, pipelines: Pipelines) -> dict[str, list[float]]:
+    """3. Each data pipeline alone, delivering batches to the device, in alternating rounds."""
     data: dict[str, list[float]] = {"tutorial": [], "ours": []}
+    consume = deliver(pipelines.device)
     for r in range(options.rounds):
-        data["tutorial"].append(pipelines.run_tutorial(options.rounds + r, deliver(device)))
-        data["ours"].append(pipelines.run_ours(options.rounds + r, deliver(device)))
+        data["tutorial"].append(pipelines.run_tutorial(options.rounds + r, consume))
+        data["ours"].append(pipelines.run_ours(options.rounds + r, consume))
         log(f"data only, round {r + 1}/{options.rounds}: tutorial {data['tutorial'][-1]:.1f}, "
             f"ours {data['ours'][-1]:.1f} images/s")
+    return data
 
+
+def end_to_end_summary(options: BenchOptions, pipelines: Pipelines, e2e: dict[str, list[float]],
+                       model_rounds: dict[str, dict[str, list[float]]], ours_dtype: torch.dtype | None,
+                       decode_info: dict[str, Any]) -> dict[str, Any]:
+    """Medians, their ratio, each pipeline's share of its own model-only speed, and the setups."""
     tutorial_speed, ours_speed = median(e2e["tutorial"]), median(e2e["ours"])
-    ours_limit = model_only[ours_precision]["channels_last"]
-    tutorial_limit = model_only["fp32"]["nchw"]
+    ours_precision = PRECISION_NAMES[ours_dtype]
     return {
-        "end_to_end": {
-            "tutorial": tutorial_speed,
-            "ours": ours_speed,
-            "ratio": ours_speed / tutorial_speed,
-            "tutorial_setup": {"precision": "fp32", "memory_format": "nchw", "workers": options.workers,
-                               "transforms": "RandomRotation(30), RandomResizedCrop, both flips, ToTensor, "
-                                             "Normalize"},
-            "ours_setup": {"precision": ours_precision, "memory_format": "channels_last",
-                           "augment": asdict(augment_spec(pipelines.config))},
-            "tutorial_of_model_only": tutorial_speed / tutorial_limit,
-            "ours_of_model_only": ours_speed / ours_limit,
-            "decode": decode_info,
-            "rounds": e2e,
-        },
-        "model_only": model_only,
-        "data_only": {
-            "tutorial": median(data["tutorial"]),
-            "ours": median(data["ours"]),
-            "ratio": median(data["ours"]) / median(data["tutorial"]),
-            "rounds": data,
-        },
-        "model_only_rounds": model_rounds,
-        "config": {**asdict(options), "device_resolved": str(device), "num_classes": num_classes, "source": source},
-        "machine": machine,
+        "tutorial": tutorial_speed,
+        "ours": ours_speed,
+        "ratio": ours_speed / tutorial_speed,
+        "tutorial_setup": {"precision": "fp32", "memory_format": "nchw", "workers": options.workers,
+                           "transforms": "RandomRotation(30), RandomResizedCrop, both flips, ToTensor, Normalize"},
+        "ours_setup": {"precision": ours_precision, "memory_format": "channels_last",
+                       "augment": asdict(augment_spec(pipelines.config))},
+        "tutorial_of_model_only": tutorial_speed / median(model_rounds["fp32"]["nchw"]),
+        "ours_of_model_only": ours_speed / median(model_rounds[ours_precision]["channels_last"]),
+        "decode": decode_info,
+        "rounds": e2e,
     }
 
 
 def validate(options: BenchOptions) -> None:
     if options.image_size < 32:
         raise ResnetError(f"--image-size must be at least 32 (a ResNet downsamples by 32), got {options.image_size}")
+    if options.image_size > MAX_IMAGE_SIZE:
+        raise ResnetError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {options.image_size}")
+    if options.generated_size > MAX_IMAGE_SIZE:
+        raise ResnetError(f"--generated-size must be at most {MAX_IMAGE_SIZE}, got {options.generated_size}")
+    if options.recipe not in ("tutorial", "default", TUTORIAL_RECIPE):
+        raise ResnetError(f"--recipe must be tutorial or default, got {options.recipe!r}")
     if options.batch_size < 2:
         raise ResnetError(f"--batch-size must be at least 2 (BatchNorm), got {options.batch_size}")
     if options.generated_size < 8:

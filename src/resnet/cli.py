@@ -90,8 +90,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from resnet.config import resolve_config
-    from resnet.train import Interrupted, resume_config, train
+    from resnet.config import resolve_config, resume_config
+    from resnet.train import Interrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
     if args.resume:
@@ -164,8 +164,8 @@ def run_predict(args: argparse.Namespace) -> int:
     import json
 
     from resnet.evaluate import load_model_from_checkpoint
+    from resnet.hardware import select_device
     from resnet.predict import CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
-    from resnet.train import select_device
 
     model, checkpoint = load_model_from_checkpoint(args.checkpoint)
     device = select_device(args.device)

@@ -8,6 +8,7 @@ every option given on the command line. The resolved config is saved with the ru
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -86,7 +87,7 @@ class TrainConfig:
         return self.cache_size or round(self.image_size * 8 / 7)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        return json.dumps(asdict(self), indent=2, allow_nan=False)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -157,32 +158,115 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
 )
 
 
+# The largest image side (training, evaluation, cache): 2048 px already makes a decoded
+# cache of 12.6 MB per image; a typo such as 100000 should be an error, not an allocation.
+MAX_IMAGE_SIZE = 2048
+
+# Numeric fields and their allowed ranges: (lowest, highest, whether highest is allowed).
+AT_LEAST_ZERO = ("weight_decay", "warmup_epochs", "rotation", "color_jitter", "workers", "head_epochs")
+BELOW_ONE = ("momentum", "label_smoothing", "ema_decay")  # in [0, 1)
+PROBABILITIES = ("hflip", "vflip")  # in [0, 1]
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def validate(config: TrainConfig) -> None:
+    """Every field of a fresh or resumed config: its type, then its value; one line per problem."""
+    check_types(config)
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
-            raise ResnetError(f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, "
-                              f"got {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size", "image_size"):
+            raise ResnetError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    for name in ("epochs", "batch_size"):
         if getattr(config, name) < 1:
-            raise ResnetError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(config, name)}")
-    if config.image_size < 32:
-        raise ResnetError(f"--image-size must be at least 32 (a ResNet downsamples by 32), got {config.image_size}")
+            raise ResnetError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
+    check_ranges(config)
+    check_image_sizes(config)
     if config.lr <= 0:
         raise ResnetError(f"--lr must be positive, got {config.lr}")
     if not 0 < config.min_scale <= 1:
         raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
     if config.backbone_lr_scale is not None and config.backbone_lr_scale < 0:
         raise ResnetError(f"--backbone-lr-scale must be at least 0, got {config.backbone_lr_scale}")
-    if not 0 <= config.ema_decay < 1:
-        raise ResnetError(f"--ema-decay must be in [0, 1), got {config.ema_decay}")
+
+
+def check_types(config: TrainConfig) -> None:
+    """Types as declared (a hand-edited config.json can hold anything); floats must be finite."""
+    kinds = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,)}
+    for f in fields(config):
+        value, kind = getattr(config, f.name), f.type.removesuffix(" | None")
+        if value is None and f.type.endswith("| None"):
+            continue
+        if not isinstance(value, kinds[kind]) or (kind != "bool" and isinstance(value, bool)):
+            raise ResnetError(f"{flag(f.name)} must be {'an' if kind == 'int' else 'a'} {kind}, got {value!r}")
+        if kind == "float" and not math.isfinite(value):
+            raise ResnetError(f"{flag(f.name)} must be a finite number, got {value}")
+
+
+def check_ranges(config: TrainConfig) -> None:
+    for name in AT_LEAST_ZERO:
+        value = getattr(config, name)
+        if value is not None and value < 0:
+            raise ResnetError(f"{flag(name)} must be at least 0, got {value}")
+    for name in BELOW_ONE + PROBABILITIES:
+        value, top = getattr(config, name), 1 if name in PROBABILITIES else None
+        if not (0 <= value <= 1 if top else 0 <= value < 1):
+            raise ResnetError(f"{flag(name)} must be in [0, 1{']' if top else ')'}, got {value}")
+
+
+def check_image_sizes(config: TrainConfig) -> None:
+    sizes = {"image_size": (config.image_size, ""),
+             "eval_image_size": (config.resolved_eval_image_size(), "" if config.eval_image_size else
+                                 " (10/7 of --image-size; give --eval-image-size)"),
+             "cache_size": (config.resolved_cache_size(), "" if config.cache_size else
+                            " (8/7 of --image-size; give --cache-size)")}
+    for name, (value, note) in sizes.items():
+        if value < 32:
+            raise ResnetError(f"{flag(name)} must be at least 32 (a ResNet downsamples by 32), got {value}{note}")
+        if value > MAX_IMAGE_SIZE:
+            raise ResnetError(f"{flag(name)} must be at most {MAX_IMAGE_SIZE}, got {value}{note}")
 
 
 def load_config(run_dir: Path) -> TrainConfig:
+    """A run's saved config.json; an unreadable or invalid file is a one-line error naming it."""
+    path = Path(run_dir) / "config.json"
     try:
-        values = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError) as error:  # unreadable, or not JSON
-        raise ResnetError(f"{run_dir / 'config.json'} cannot be read: {error}") from None
+        values = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ResnetError(f"{path} is not a readable config ({type(error).__name__}: {error})") from None
     if not isinstance(values, dict):
-        raise ResnetError(f"{run_dir / 'config.json'} does not hold a config (a JSON object)")
+        raise ResnetError(f"{path} does not hold a config (a JSON object of options)")
     return TrainConfig.from_dict(values)
 
+
+# What may change when a run is resumed: how long it goes on, and where and how it runs,
+# but nothing that changes what it computes on the way (so a resumed run still ends
+# where an uninterrupted one with the same options does).
+RESUMABLE = ("epochs", "quiet", "device", "workers", "compile")
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config of a run, with the options that may change on resume applied.
+
+    ``overrides`` holds every option (None: not given). Another option given with a new
+    value is refused, naming it; the result is validated like a fresh config.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
+        raise ResnetError(f"{run_dir} is not a run directory with a checkpoint (config.json and last.pt)")
+    config = load_config(run_dir)
+    known = {f.name for f in fields(TrainConfig)}
+    for name, value in overrides.items():
+        if value is None or name not in known:
+            continue
+        if name in RESUMABLE:
+            setattr(config, name, value)
+        elif value != getattr(config, name):
+            raise ResnetError(f"{flag(name)} cannot change on resume (the run has {getattr(config, name)!r}); only "
+                              f"{', '.join(flag(n) for n in RESUMABLE)} can. Start a new run to change it")
+    try:
+        validate(config)
+    except ResnetError as error:
+        raise ResnetError(f"resuming {run_dir}: {error}") from None
+    return config

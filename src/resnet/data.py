@@ -8,6 +8,7 @@ that later runs memory-map instead of decoding again.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import os
 import warnings
@@ -21,6 +22,7 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from resnet import petals
+from resnet.checkpoint import write_atomic
 from resnet.config import LEGACY_NAMES
 from resnet.errors import ResnetError
 
@@ -309,6 +311,13 @@ def fingerprint(source: ImageFiles, size: int) -> str:
     return digest.hexdigest()[:24]
 
 
+def cache_file(source: Source, size: int) -> Path | None:
+    """Where the decoded cache of a source on disk lives (None for images already in memory)."""
+    if isinstance(source, ImageArrays):
+        return None
+    return cache_dir() / f"{fingerprint(source, size)}.npy"
+
+
 def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = True) -> DecodedImages:
     """Decode a split once into uint8 (N, 3, size, size), reusing a cache file when one matches."""
     labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
@@ -319,7 +328,7 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
                                                      antialias=True).round_().clamp_(0, 255).to(torch.uint8)
         return DecodedImages(images, labels)
 
-    path = cache_dir() / f"{fingerprint(source, size)}.npy" if use_disk_cache else None
+    path = cache_file(source, size) if use_disk_cache else None
     if path is not None and path.exists():
         return DecodedImages(torch.from_numpy(np.load(path, mmap_mode="c")), labels)
 
@@ -332,9 +341,16 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
         start += len(batch)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        with open(temporary, "wb") as f:
-            np.save(f, images)
-        os.replace(temporary, path)  # atomic: a concurrent or killed run never sees half a file
+        # Atomic: a concurrent or killed run never sees half a file.
+        write_atomic(path, lambda f: np.save(f, images))
     return DecodedImages(torch.from_numpy(images), labels)
 
+
+def classic_loader(source: Source, batches: list[torch.Tensor], transform: Callable, workers: int,
+                   seed: int) -> DataLoader:
+    """The tutorial's pipeline: per-image PIL transforms in DataLoader workers, over the
+    given batches of indices."""
+    dataset = copy.copy(source)
+    dataset.transform = transform
+    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
+                      persistent_workers=False, generator=torch.Generator().manual_seed(seed))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -37,6 +38,15 @@ def init_distributed(device_type: str) -> Topology:
     return topology
 
 
+Rows = TypeVar("Rows")
+
+
+def shard(rows: Rows, topology: Topology) -> Rows:
+    """This rank's disjoint, strided share of a global batch (an index tensor, or the
+    batch's augmentation draws): anything sliceable by rows."""
+    return rows[topology.rank::topology.world_size]
+
+
 def barrier(topology: Topology) -> None:
     if topology.enabled:
         dist.barrier()
@@ -54,6 +64,15 @@ def all_gather_objects(obj: object, topology: Topology) -> list:
     gathered: list = [None] * topology.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def broadcast_object(obj: object, topology: Topology) -> object:
+    """Rank 0's ``obj`` on every rank (picklable; the others pass anything, e.g. None)."""
+    if not topology.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def shutdown(topology: Topology) -> None:

@@ -11,18 +11,23 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from resnet.augment import IMAGENET_MEAN, IMAGENET_STD
+from resnet import augment, distributed
+from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.checkpoint import load_checkpoint
-from resnet.config import TrainConfig
-from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, decode, load_splits
+from resnet.config import MAX_IMAGE_SIZE, TrainConfig
+from resnet.data import DATASETS, DecodedImages, ImageArrays, ImageFiles, Source, classic_loader, decode, load_splits
+from resnet.distributed import Topology
 from resnet.errors import ResnetError
+from resnet.hardware import autocast, select_device
 from resnet.model import FlipTTA, get_model, list_models
 from resnet.weights import check_state_fits, strip_wrapper_prefixes
 
@@ -149,6 +154,63 @@ def relabel(source: Source, dataset_classes: list[str], model_classes: list[str]
     return ImageArrays(source.images, mapping[np.asarray(source.labels)])
 
 
+# --- batches and logits (shared with training) --------------------------------------------
+
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+def eval_batches(n: int, batch_size: int, topology: Topology = Topology()) -> list[torch.Tensor]:
+    """Index batches over this rank's share of ``n`` images, in order."""
+    indices = distributed.shard(torch.arange(n), topology)
+    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+
+
+def decoded_eval_batches(data: DecodedImages, batch_size: int, device: torch.device,
+                         topology: Topology = Topology(), normalize: Normalize | None = None) -> Iterator:
+    """Normalized images and labels from the decoded cache (ImageNet statistics unless given)."""
+    normalize = (normalize or Normalize()).to(device)
+    for indices in eval_batches(len(data), batch_size, topology):
+        yield normalize(data.images[indices].to(device)), data.labels[indices]
+
+
+def classic_eval_batches(source: Source, image_size: int, batch_size: int, workers: int,
+                         topology: Topology = Topology()) -> Batches:
+    """The tutorial's evaluation: Resize((s, s)) per image in DataLoader workers."""
+    transform = augment.classic_eval_transform(image_size)
+    return classic_loader(source, eval_batches(len(source), batch_size, topology), transform, workers, 0)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, batches: Batches, device: torch.device, dtype: torch.dtype | None,
+                   topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 logits and labels for every image, gathered from all ranks."""
+    model.eval()
+    logits, labels = [], []
+    for images, targets in batches:
+        with autocast(device, dtype):
+            out = model(images.to(device, non_blocking=True))
+        logits.append(out.float().cpu())
+        labels.append(targets.cpu())
+    local = (torch.cat(logits) if logits else torch.empty(0), torch.cat(labels) if labels else torch.empty(0))
+    gathered = distributed.all_gather_objects(local, topology)
+    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]).long()
+
+
+def top_k(num_classes: int) -> int:
+    """The k of the "top-5" figures: 5, or every class when there are fewer."""
+    return min(5, num_classes)
+
+
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """Mean cross-entropy, top-1 and top-k accuracy (k = ``top_k``; the key stays ``top5``)."""
+    topk = logits.topk(top_k(logits.shape[1]), dim=1).indices
+    return {
+        "loss": F.cross_entropy(logits, labels).item(),
+        "top1": (topk[:, 0] == labels).float().mean().item(),
+        "top5": (topk == labels[:, None]).any(1).float().mean().item(),
+    }
+
+
 # --- scoring -----------------------------------------------------------------------------
 
 
@@ -175,14 +237,11 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     The images go through the training run's own evaluation path: decoded once at the
     checkpoint's image size (square resize), then normalized with its mean and std.
     """
-    from resnet.augment import Normalize
-    from resnet.train import classification_metrics, eval_batches, predict_logits
-
     device = torch.device(device)
     norm = checkpoint["normalization"]
     data = decode(source, norm["image_size"], workers=workers)
-    normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
-    batches = ((normalize(data.images[i].to(device)), data.labels[i]) for i in eval_batches(len(data), batch_size))
+    normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"]))
+    batches = decoded_eval_batches(data, batch_size, device, normalize=normalize)
     model.to(device)
     logits, labels = predict_logits(model, batches, device, None)
     if not len(labels):
@@ -214,8 +273,9 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     ``image_size`` and ``tta`` override the run's evaluation size and flip TTA.
     """
     from resnet.plots import plot_confusion
-    from resnet.train import select_device
 
+    if image_size is not None and not 32 <= image_size <= MAX_IMAGE_SIZE:
+        raise ResnetError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, got {image_size}")
     model, checkpoint = load_model_from_checkpoint(path, tta)
     if image_size is not None:
         checkpoint["normalization"]["image_size"] = image_size
@@ -239,7 +299,7 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
 
 
 def format_eval(result: dict[str, Any]) -> str:
-    top5 = "top-5" if result["classes"] >= 5 else f"top-{result['classes']}"
+    top5 = f"top-{top_k(result['classes'])}"
     return "\n".join([
         f"{result['arch']} ({result['weights']} weights) from {result['checkpoint']}",
         f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes, "

@@ -1,15 +1,19 @@
-"""Training: the loop, read top to bottom.
+"""Training: one run, read top to bottom.
 
 A run is a directory: ``config.json``, ``metrics.csv``, ``curves.png``, ``last.pt``,
-``best.pt`` and ``summary.json``. All randomness of an epoch is derived from
-``(seed, epoch, step)``, and a checkpoint holds everything else that changes
-(weights, optimizer, scaler, EMA, partial-epoch sums), so a resumed run continues
-exactly where the interrupted one stopped.
+``best.pt`` and ``summary.json``. ``Run`` goes through it in the order it happens, in
+the shape of timm's ``train_one_epoch`` / ``validate`` and nanoGPT's loop: set up
+(data, model, the run directory or the checkpoint to resume), then for each epoch
+``train_one_epoch``, ``validate`` and ``end_epoch`` (metrics, plots, checkpoints), and
+``finish`` (the test split, the summary).
+
+All randomness of an epoch is derived from ``(seed, epoch, step)``, and a checkpoint
+holds everything else that changes (weights, optimizer, scaler, EMA, partial-epoch
+sums), so a resumed run continues exactly where the interrupted one stopped.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import io
 import json
@@ -18,72 +22,40 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from resnet import augment, distributed
-from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentParams, AugmentSpec, Normalize
-from resnet.checkpoint import load_checkpoint, save_atomic
-from resnet.config import TrainConfig, load_config
-from resnet.data import DataSplits, DecodedImages, Source, decode, load_splits
-from resnet.distributed import Topology
+from resnet.augment import AugmentSpec, Normalize
+from resnet.checkpoint import RunState, checkpoint_dict, load_checkpoint, restore, save_atomic, write_text_atomic
+from resnet.config import TrainConfig
+from resnet.data import DecodedImages, Source, cache_file, classic_loader, decode, load_splits
+from resnet.distributed import Topology, shard
 from resnet.errors import ResnetError
+from resnet.evaluate import (
+    classic_eval_batches,
+    classification_metrics,
+    decoded_eval_batches,
+    predict_logits,
+    top_k,
+)
+from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
 from resnet.model import FlipTTA, ResNet, get_model
 from resnet.plots import plot_curves
 
-CHECKPOINT_FORMAT = 1
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds")
 
 
 class TrainingDiverged(ResnetError):
     pass
-
-
-# --- hardware -----------------------------------------------------------------
-
-
-def select_device(name: str, topology: Topology = Topology()) -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ResnetError("--device cuda: no CUDA GPU is available")
-        return torch.device("cuda", topology.local_rank)
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ResnetError("--device mps: MPS is not available")
-    return torch.device(name)
-
-
-def cpu_supports_bf16() -> bool:
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def select_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype (None: plain fp32). ``auto``: bf16 where the hardware computes it
-    natively (Ampere+ GPUs, CPUs with AVX512-BF16/AMX), fp16 on older GPUs, else fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        elif device.type == "cpu":
-            name = "bf16" if cpu_supports_bf16() else "fp32"
-        else:
-            name = "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 # --- model and optimizer ----------------------------------------------------------
@@ -175,13 +147,36 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: in
     return batches
 
 
-Rows = TypeVar("Rows", torch.Tensor, AugmentParams)
+# --- one training step (shared with ``resnet bench``) -----------------------------------
 
 
-def shard(rows: Rows, topology: Topology) -> Rows:
-    """This rank's disjoint, strided share of a global batch (an index tensor, or the
-    batch's augmentation draws)."""
-    return rows[topology.rank::topology.world_size]
+@dataclass
+class TrainStep:
+    """One optimizer step: forward under autocast, cross-entropy, backward (through a
+    GradScaler, which is active for fp16 only), update. Returns the detached loss."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    dtype: torch.dtype | None = None
+    memory_format: torch.memory_format = torch.contiguous_format
+    label_smoothing: float = 0.0
+    scaler: torch.amp.GradScaler | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        labels = labels.to(self.device, non_blocking=True)
+        with autocast(self.device, self.dtype):
+            loss = F.cross_entropy(self.model(images), labels, label_smoothing=self.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach()
 
 
 # --- data on the device ----------------------------------------------------------
@@ -216,85 +211,71 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
                        vflip=config.vflip, color_jitter=config.color_jitter)
 
 
-def classic_loader(source: Source, batches: list[torch.Tensor], transform, workers: int, seed: int) -> DataLoader:
-    """The tutorial's pipeline: per-image PIL transforms in DataLoader workers."""
-    dataset = copy.copy(source)
-    dataset.transform = transform
-    return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(seed))
-
-
-def eval_batches(n: int, batch_size: int, topology: Topology = Topology()) -> list[torch.Tensor]:
-    indices = shard(torch.arange(n), topology)
-    return [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
-
-
 def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology) -> DecodedImages:
-    """Rank 0 decodes (or finds the cache file); the other ranks then memory-map its result."""
-    if not topology.is_main:
+    """One process per machine (local rank 0) decodes, or finds the cache file on that
+    machine's disk; the machine's other processes then memory-map its file. Every machine
+    has a decoder, since a cache file on one machine's disk is of no use to another."""
+    decoder = topology.local_rank == 0
+    if not decoder:
         distributed.barrier(topology)
+    path = cache_file(source, size)
+    if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
+        print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
+              file=sys.stderr, flush=True)
     data = decode(source, size, workers=config.workers)
-    if topology.is_main:
+    if decoder:
         distributed.barrier(topology)
     return data
-
-
-# --- evaluation ------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                   dtype: torch.dtype | None, topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float32 logits and labels for every image, gathered from all ranks."""
-    model.eval()
-    logits, labels = [], []
-    for images, targets in batches:
-        with autocast(device, dtype):
-            out = model(images.to(device, non_blocking=True))
-        logits.append(out.float().cpu())
-        labels.append(targets.cpu())
-    local = (torch.cat(logits) if logits else torch.empty(0), torch.cat(labels) if labels else torch.empty(0))
-    gathered = distributed.all_gather_objects(local, topology)
-    return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered]).long()
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 accuracy."""
-    k = min(5, logits.shape[1])
-    topk = logits.topk(k, dim=1).indices
-    return {
-        "loss": F.cross_entropy(logits, labels).item(),
-        "top1": (topk[:, 0] == labels).float().mean().item(),
-        "top5": (topk == labels[:, None]).any(1).float().mean().item(),
-    }
-
-
-def decoded_eval_batches(data: DecodedImages, batch_size: int, device: torch.device,
-                         topology: Topology = Topology()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    normalize = Normalize().to(device)
-    for indices in eval_batches(len(data), batch_size, topology):
-        yield normalize(data.images[indices].to(device)), data.labels[indices]
-
-
-def classic_eval_batches(source: Source, image_size: int, batch_size: int, workers: int,
-                         topology: Topology = Topology()) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    transform = augment.classic_eval_transform(image_size)
-    yield from classic_loader(source, eval_batches(len(source), batch_size, topology), transform, workers, 0)
 
 
 # --- the run directory -------------------------------------------------------------------
 
 
-def new_run_dir(config: TrainConfig) -> Path:
-    if config.out:
-        path = Path(config.out)
-        if path.exists() and any(path.iterdir()):
-            raise ResnetError(f"{path} already exists and is not empty; continue it with --resume {path} "
-                              "or choose another --out")
-    else:
-        path = Path("runs") / f"{config.dataset}-{config.arch}-{datetime.now():%Y%m%d-%H%M%S}"
-    path.mkdir(parents=True, exist_ok=True)
+def choose_run_dir(config: TrainConfig) -> Path:
+    """The new run's directory, checked but not yet created: it is made only once the data
+    and the model have loaded, so that a failed start leaves nothing behind."""
+    if not config.out:
+        return Path("runs") / f"{config.dataset}-{config.arch}-{datetime.now():%Y%m%d-%H%M%S}"
+    path = Path(config.out)
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ResnetError(f"--out {path}: {blocking} is a file, not a directory; choose another --out")
+    if path.exists() and any(path.iterdir()):
+        raise ResnetError(f"{path} already exists and is not empty; continue it with --resume {path} "
+                          "or choose another --out")
     return path
+
+
+def agreed_run_dir(config: TrainConfig, resume: Path | None, topology: Topology) -> Path:
+    """Rank 0 chooses (a timestamp differs between processes); every rank gets its choice,
+    or its error."""
+    if resume is not None:
+        return resume
+    chosen, problem = None, None
+    if topology.is_main:
+        try:
+            chosen = str(choose_run_dir(config))
+        except ResnetError as error:
+            problem = str(error)
+    chosen, problem = distributed.all_gather_objects((chosen, problem), topology)[0]
+    if problem is not None:
+        raise ResnetError(problem)
+    return Path(chosen)
+
+
+def make_run_dir(path: Path) -> bool:
+    """Create the run directory; returns whether it is new (not an existing empty one)."""
+    existed = path.is_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResnetError(f"cannot create the run directory {path}: {error.strerror or error}") from None
+    return not existed
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Strict JSON (a NaN or infinity is an error, not an unreadable file), written atomically."""
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def write_metrics_csv(history: list[dict], path: Path) -> None:
@@ -303,12 +284,6 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
     writer.writeheader()
     writer.writerows(history)
     write_text_atomic(path, buffer.getvalue())
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 # --- Ctrl-C --------------------------------------------------------------------------
@@ -355,262 +330,302 @@ class Interrupted(Exception):
                          f"Continue with: resnet train --resume {run_dir}")
 
 
-# --- the loop ----------------------------------------------------------------------------
-
-
-@dataclass
-class RunState:
-    """Everything besides the modules that a checkpoint must hold to resume exactly."""
-
-    epoch: int = 0  # the epoch in progress (or the next one, when step == 0)
-    step: int = 0  # the next step within that epoch
-    loss_sum: float = 0.0  # sum of per-image training loss so far in this epoch
-    images_seen: int = 0
-    best_top1: float = -1.0
-    history: list | None = None
+# --- the run ----------------------------------------------------------------------------
 
 
 def train(config: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
     """Train as the config says; returns the run summary (also written to summary.json)."""
     topology = distributed.init_distributed(select_device(config.device).type)
     try:
-        return _train(config, resume, topology)
+        run = Run(config, topology, resume)
+        try:
+            return run.fit()
+        except BaseException:
+            run.discard_if_unstarted()
+            raise
     finally:
         distributed.shutdown(topology)
 
 
-def _train(config: TrainConfig, resume: Path | None, topology: Topology) -> dict[str, Any]:
-    device = select_device(config.device, topology)
-    dtype = select_precision(config.precision, device)
-    if config.batch_size % topology.world_size:
-        raise ResnetError(f"--batch-size {config.batch_size} must be divisible by the {topology.world_size} processes")
-    main = topology.is_main
-    log = print if main else (lambda *a, **k: None)
+class Run:
+    """One training run: set up on construction, then ``fit``."""
 
-    run_dir = resume if resume else (new_run_dir(config) if main else None)
-    run_dir = Path(distributed.all_gather_objects(str(run_dir), topology)[0])
+    # --- set up ---
 
-    splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
-                         config.strict)
-    num_classes = len(splits.classes)
-    torch.manual_seed(config.seed)  # the initial weights
-    model = build_model(config, num_classes)
-    if config.sync_bn and topology.enabled:
-        if device.type != "cuda":
-            raise ResnetError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device, memory_format=torch.channels_last if config.channels_last else torch.contiguous_format)
-    optimizer = build_optimizer(config, model)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    ema = None
-    if config.ema_decay:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+    def __init__(self, config: TrainConfig, topology: Topology, resume: Path | None = None) -> None:
+        self.config, self.topology, self.resume = config, topology, resume
+        self.main = topology.is_main
+        self.device = select_device(config.device, topology)
+        self.dtype = select_precision(config.precision, self.device)
+        if config.batch_size % topology.world_size:
+            raise ResnetError(f"--batch-size {config.batch_size} must be divisible by the "
+                              f"{topology.world_size} processes")
+        self.run_dir = agreed_run_dir(config, resume, topology)
+        self.created_dir = False
+        self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction,
+                                  config.seed, config.strict)
+        self.build_modules()
+        self.load_data()
+        self.wrap_for_training()
+        self.state = self.restore_or_start()  # last: a failed start leaves no run directory
 
-    state = RunState(history=[])
-    if resume:
-        state = restore(resume / "last.pt", model, optimizer, scaler, ema)
-        log(f"resuming {resume} at epoch {state.epoch + 1}, step {state.step}")
-    elif main:
-        write_text_atomic(run_dir / "config.json", config.to_json())
+    def build_modules(self) -> None:
+        """The model (seeded), its optimizer, the fp16 GradScaler and the optional EMA."""
+        config = self.config
+        torch.manual_seed(config.seed)  # the initial weights
+        model = build_model(config, len(self.splits.classes))
+        if config.sync_bn and self.topology.enabled:
+            if self.device.type != "cuda":
+                raise ResnetError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.optimizer = build_optimizer(config, model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.ema = None
+        if config.ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
-    train_model: nn.Module = model
-    if topology.enabled:
-        train_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.compile:
-        train_model = torch.compile(train_model)
-    eval_model: nn.Module = ema.module if ema is not None else model
-    if config.tta:
-        eval_model = FlipTTA(eval_model)
+    def load_data(self) -> None:
+        """The fast pipeline's decoded caches (the classic one reads files each epoch)."""
+        config = self.config
+        self.fast_batches, self.eval_data = None, None
+        if config.pipeline == "fast":
+            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology)
+            self.fast_batches = FastTrainBatches(train_data, config, self.device)
+            self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
+                                            self.topology)
+        self.steps_per_epoch = len(self.epoch_batches(0))
 
-    eval_size = config.resolved_eval_image_size()
-    eval_data = None
-    if config.pipeline == "fast":
-        train_data = decode_for_run(splits.train, config.resolved_cache_size(), config, topology)
-        fast_batches = FastTrainBatches(train_data, config, device)
-        eval_data = decode_for_run(splits.eval, eval_size, config, topology)
-    n_train = len(splits.train)
-    steps_per_epoch = len(epoch_batches(n_train, config.batch_size, config.seed, 0, topology.world_size))
-    log(f"run {run_dir}: {config.arch} on {config.dataset} ({n_train} training / {len(splits.eval)} "
-        f"evaluation images ('{splits.eval_name}'), {num_classes} classes), {device.type} "
-        f"{'fp32' if dtype is None else str(dtype).removeprefix('torch.')}, {config.pipeline} pipeline")
-
-    def evaluate_now(source: Source, data: DecodedImages | None) -> dict[str, float]:
-        batch = max(1, config.batch_size // topology.world_size)
-        if data is not None:
-            batches = decoded_eval_batches(data, batch, device, topology)
+    def restore_or_start(self) -> RunState:
+        """Resume from last.pt, or create the run directory: only now that data and model
+        loaded. config.json records the config either way (a resume may change a few options)."""
+        if self.resume is not None:
+            state = restore(self.resume / "last.pt", self.model, self.optimizer, self.scaler, self.ema)
+            self.log(f"resuming {self.resume} at epoch {state.epoch + 1}, step {state.step}")
         else:
-            batches = classic_eval_batches(source, eval_size, batch, config.workers, topology)
-        return classification_metrics(*predict_logits(eval_model, batches, device, dtype, topology))
+            state = RunState()
+            if self.main:
+                self.created_dir = make_run_dir(self.run_dir)
+        if self.main:
+            write_text_atomic(self.run_dir / "config.json", self.config.to_json())
+        return state
 
-    def checkpoint(path_name: str) -> None:
-        if main:
-            save_atomic(checkpoint_dict(config, model, optimizer, scaler, ema, state, splits), run_dir / path_name)
+    def wrap_for_training(self) -> None:
+        """DDP and torch.compile around the model for training; evaluation uses the plain
+        model (or its EMA), each rank scoring its share."""
+        train_model: nn.Module = self.model
+        if self.topology.enabled:
+            train_model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.config.compile:
+            train_model = torch.compile(train_model)
+        self.train_model = train_model
+        self.step = TrainStep(train_model, self.optimizer, self.device, self.dtype, self.memory_format,
+                              self.config.label_smoothing, self.scaler)
+        eval_model: nn.Module = self.ema.module if self.ema is not None else self.model
+        self.eval_model = FlipTTA(eval_model) if self.config.tta else eval_model
 
-    started = time.perf_counter()
-    with StopRequest() as stop:
-        while state.epoch < config.epochs:
-            epoch = state.epoch
-            batches = epoch_batches(n_train, config.batch_size, config.seed, epoch, topology.world_size)
-            if config.pipeline == "fast":
-                step_inputs = ((i, lambda i=i: fast_batches(batches[i], generator_for(config.seed, epoch, i), topology))
-                               for i in range(state.step, len(batches)))
-            else:
-                local = [shard(b, topology) for b in batches[state.step:]]
-                loader = classic_loader(splits.train, local, augment.classic_train_transform(
-                    augment_spec(config), config.image_size), config.workers, config.seed * 1000 + epoch)
-                step_inputs = ((state.step + j, lambda b=b: b) for j, b in enumerate(loader))
+    # --- the epochs ---
 
-            train_model.train()
-            if config.freeze_backbone:
-                freeze_backbone_batchnorm(model)
-            epoch_start = time.perf_counter()
-            images_at_start = state.images_seen
-            loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=device)
-            bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {epoch + 1}/{config.epochs}",
-                       disable=not main or config.quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
-            for step, get_batch in step_inputs:
-                images, labels = get_batch()
-                images = images.to(device, non_blocking=True)
-                labels = labels.to(device, non_blocking=True)
-                if config.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                lr = learning_rate(config, epoch * steps_per_epoch + step, steps_per_epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = group_learning_rate(config, lr, group["head"], epoch)
-                with autocast(device, dtype):
-                    loss = F.cross_entropy(train_model(images), labels, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if ema is not None:
-                    ema.update_parameters(model)
-                loss_sum += loss.detach().double() * len(labels)
-                state.images_seen += len(labels)
-                state.step = step + 1
-                if step % 10 == 0 or state.step == len(batches):
-                    current = loss.item()
-                    if not math.isfinite(current):
-                        raise TrainingDiverged(
-                            f"the training loss became {current} at epoch {epoch + 1}, step {step}; stopped. "
-                            f"Last good checkpoint: {run_dir / 'last.pt'} (try a lower --lr)")
-                    seconds = time.perf_counter() - epoch_start
-                    bar.set_postfix(loss=f"{current:.3f}", img_s=f"{(state.images_seen - images_at_start) / seconds:.0f}")
-                bar.update(1)
-                if stop_requested(stop, topology, step):
-                    state.loss_sum = loss_sum.item()
-                    checkpoint("last.pt")
-                    bar.close()
-                    raise Interrupted(run_dir, epoch, state.step)
-            bar.close()
-            train_seconds = time.perf_counter() - epoch_start
-            lr = learning_rate(config, (epoch + 1) * steps_per_epoch - 1, steps_per_epoch)
+    def fit(self) -> dict[str, Any]:
+        self.started = time.perf_counter()
+        self.log_start()
+        with StopRequest() as stop:
+            while self.state.epoch < self.config.epochs:
+                trained = self.train_one_epoch(stop)
+                metrics = self.validate(self.splits.eval, self.eval_data)
+                self.end_epoch(trained, metrics)
+        return self.finish()
 
-            global_loss = distributed.all_reduce_sum(
-                torch.tensor([loss_sum.item(), state.images_seen], dtype=torch.float64, device=device), topology)
-            metrics = evaluate_now(splits.eval, eval_data)
-            row = {
-                "epoch": epoch + 1,
-                "train_loss": global_loss[0].item() / global_loss[1].item(),
-                "eval_loss": metrics["loss"],
-                "top1": metrics["top1"],
-                "top5": metrics["top5"],
-                "lr": lr,
-                "images_per_s": (global_loss[1].item() - images_at_start * topology.world_size) / train_seconds,
-                "seconds": time.perf_counter() - epoch_start,
-            }
-            state.history.append(row)
-            state.epoch, state.step, state.loss_sum, state.images_seen = epoch + 1, 0, 0.0, 0
-            improved = row["top1"] > state.best_top1
-            state.best_top1 = max(state.best_top1, row["top1"])
-            checkpoint("last.pt")
-            if improved:
-                checkpoint("best.pt")
-            if main:
-                write_metrics_csv(state.history, run_dir / "metrics.csv")
-                plot_curves(state.history, run_dir / "curves.png", f"{config.arch} on {config.dataset}")
-                tqdm.write(f"epoch {epoch + 1:>3}/{config.epochs}  train loss {row['train_loss']:.4f}  "
-                           f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
-                           f"top-5 {100 * row['top5']:5.2f}%  lr {lr:.4g}  {row['images_per_s']:.0f} img/s  "
-                           f"{row['seconds']:.1f}s", file=sys.stdout)
+    def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
+        return epoch_batches(len(self.splits.train), self.config.batch_size, self.config.seed, epoch,
+                             self.topology.world_size)
 
-    summary = {
-        "run_dir": str(run_dir),
-        "arch": config.arch,
-        "dataset": config.dataset,
-        "split": config.split,
-        "train_images": n_train,
-        "eval_images": len(splits.eval),
-        "eval_split": splits.eval_name,
-        "num_classes": num_classes,
-        "epochs": len(state.history),
-        "final_top1": state.history[-1]["top1"],
-        "final_top5": state.history[-1]["top5"],
-        "best_top1": state.best_top1,
-        "best_epoch": 1 + max(range(len(state.history)), key=lambda i: state.history[i]["top1"]),
-        "seconds": sum(row["seconds"] for row in state.history),
-        "seconds_this_session": time.perf_counter() - started,
-        "skipped_files": splits.skipped,
-    }
-    if splits.test is not None:
-        # The official protocol: the weights chosen on val are scored once on test.
-        best = load_checkpoint(run_dir / "best.pt")
-        model.load_state_dict(best["ema"] if ema is not None and best.get("ema") else best["model"])
-        if ema is not None:
-            ema.module.load_state_dict(best["ema"] or best["model"])
-        test_data = decode_for_run(splits.test, eval_size, config, topology) if config.pipeline == "fast" else None
-        test = evaluate_now(splits.test, test_data)
-        summary.update(test_images=len(splits.test), test_top1=test["top1"], test_top5=test["top5"])
-    if main:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=2))
-        log(f"done: final top-1 {100 * summary['final_top1']:.2f}% (best {100 * summary['best_top1']:.2f}% "
-            f"at epoch {summary['best_epoch']})" + (f", test top-1 {100 * summary['test_top1']:.2f}%"
-                                                    if "test_top1" in summary else "") + f"; outputs in {run_dir}")
-    return summary
+    def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
+                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(step, images, labels)`` from the epoch's next step on, from either pipeline."""
+        config, first = self.config, self.state.step
+        if self.fast_batches is not None:
+            for step in range(first, len(batches)):
+                images, labels = self.fast_batches(batches[step], generator_for(config.seed, epoch, step),
+                                                   self.topology)
+                yield step, images, labels
+        else:
+            transform = augment.classic_train_transform(augment_spec(config), config.image_size)
+            local = [shard(b, self.topology) for b in batches[first:]]
+            loader = classic_loader(self.splits.train, local, transform, config.workers, config.seed * 1000 + epoch)
+            for step, (images, labels) in enumerate(loader, start=first):
+                yield step, images, labels
 
+    def train_one_epoch(self, stop: StopRequest) -> dict[str, float]:
+        """The epoch's remaining steps; returns its training metrics."""
+        state, epoch = self.state, self.state.epoch
+        batches = self.epoch_batches(epoch)
+        self.train_model.train()
+        if self.config.freeze_backbone:
+            freeze_backbone_batchnorm(self.model)
+        self.epoch_start = time.perf_counter()
+        images_at_start = state.images_seen
+        loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.device)
+        bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {epoch + 1}/{self.config.epochs}",
+                   disable=not self.main or self.config.quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
+        for step, images, labels in self.epoch_inputs(epoch, batches):
+            self.set_learning_rate(epoch, step)
+            loss = self.step(images, labels)
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss_sum += loss.double() * len(labels)
+            state.images_seen += len(labels)
+            state.step = step + 1
+            if step % 10 == 0 or state.step == len(batches):
+                self.check_finite(loss.item(), epoch, step)  # a sync with the device: not every step
+                seconds = time.perf_counter() - self.epoch_start
+                speed = (state.images_seen - images_at_start) / seconds
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.0f}")
+            bar.update(1)
+            if stop_requested(stop, self.topology, step):
+                state.loss_sum = loss_sum.item()
+                bar.close()
+                self.save_checkpoint("last.pt")
+                raise Interrupted(self.run_dir, epoch, state.step)
+        bar.close()
+        state.loss_sum = loss_sum.item()
+        return self.training_metrics(images_at_start)
 
-def checkpoint_dict(config: TrainConfig, model: nn.Module, optimizer, scaler, ema, state: RunState,
-                    splits: DataSplits) -> dict[str, Any]:
-    """Plain data only (tensors, numbers, strings, lists, dicts): loadable with weights_only=True."""
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "arch": config.arch,
-        "config": asdict(config),
-        "classes": list(splits.classes),
-        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                          "image_size": config.resolved_eval_image_size()},
-        "model": unwrap(model).state_dict(),
-        "ema": ema.module.state_dict() if ema is not None else None,
-        "ema_updates": int(ema.n_averaged) if ema is not None else 0,  # the average restarts at 0
-        "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
-        "state": asdict(state),
-    }
+    def set_learning_rate(self, epoch: int, step: int) -> None:
+        lr = learning_rate(self.config, epoch * self.steps_per_epoch + step, self.steps_per_epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group_learning_rate(self.config, lr, group["head"], epoch)
 
+    def check_finite(self, loss: float, epoch: int, step: int) -> None:
+        """Stop on a NaN or infinite loss, naming the last checkpoint only if there is one."""
+        if math.isfinite(loss):
+            return
+        last = self.run_dir / "last.pt"
+        kept = f"Last good checkpoint: {last}" if last.exists() else "No checkpoint was saved before it"
+        raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {step}; stopped. "
+                               f"{kept}; start a new run with a lower --lr")
 
-def unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DistributedDataParallel
+    def training_metrics(self, images_at_start: int) -> dict[str, float]:
+        """The epoch's mean training loss and throughput over every rank."""
+        state, world_size = self.state, self.topology.world_size
+        seconds = time.perf_counter() - self.epoch_start
+        totals = distributed.all_reduce_sum(
+            torch.tensor([state.loss_sum, state.images_seen], dtype=torch.float64, device=self.device), self.topology)
+        last_step = (state.epoch + 1) * self.steps_per_epoch - 1
+        return {"train_loss": totals[0].item() / totals[1].item(),
+                "lr": learning_rate(self.config, last_step, self.steps_per_epoch),
+                "images_per_s": (totals[1].item() - images_at_start * world_size) / seconds}
 
+    def validate(self, source: Source, data: DecodedImages | None) -> dict[str, float]:
+        """Loss, top-1 and top-k of the evaluated model (EMA, flip TTA) over all ranks' shares."""
+        batch = max(1, self.config.batch_size // self.topology.world_size)
+        if data is not None:
+            batches = decoded_eval_batches(data, batch, self.device, self.topology)
+        else:
+            batches = classic_eval_batches(source, self.config.resolved_eval_image_size(), batch,
+                                           self.config.workers, self.topology)
+        logits, labels = predict_logits(self.eval_model, batches, self.device, self.dtype, self.topology)
+        return classification_metrics(logits, labels)
 
-def restore(path: Path, model: nn.Module, optimizer, scaler, ema) -> RunState:
-    checkpoint = load_checkpoint(path)
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scaler.load_state_dict(checkpoint["scaler"])
-    if ema is not None and checkpoint.get("ema") is not None:
-        ema.module.load_state_dict(checkpoint["ema"])
-        ema.n_averaged.fill_(checkpoint["ema_updates"])
-    return RunState(**checkpoint["state"])
+    def end_epoch(self, trained: dict[str, float], metrics: dict[str, float]) -> None:
+        """Record the epoch: the metrics row, last.pt (and best.pt), metrics.csv, curves.png."""
+        state = self.state
+        row = {"epoch": state.epoch + 1, "train_loss": trained["train_loss"], "eval_loss": metrics["loss"],
+               "top1": metrics["top1"], "top5": metrics["top5"], "lr": trained["lr"],
+               "images_per_s": trained["images_per_s"], "seconds": time.perf_counter() - self.epoch_start}
+        state.history.append(row)
+        state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
+        improved = row["top1"] > state.best_top1
+        state.best_top1 = max(state.best_top1, row["top1"])
+        self.save_checkpoint("last.pt")
+        if improved:
+            self.save_checkpoint("best.pt")
+        if self.main:
+            write_metrics_csv(state.history, self.run_dir / "metrics.csv")
+            plot_curves(state.history, self.run_dir / "curves.png", f"{self.config.arch} on {self.config.dataset}")
+            k = top_k(len(self.splits.classes))
+            tqdm.write(f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f}  "
+                       f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
+                       f"top-{k} {100 * row['top5']:5.2f}%  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
+                       f"{row['seconds']:.1f}s", file=sys.stdout)
 
+    # --- finish ---
 
-def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
-    """The saved config of a run, with the few options that may change on resume."""
-    if not (run_dir / "config.json").exists() or not (run_dir / "last.pt").exists():
-        raise ResnetError(f"{run_dir} is not a run directory with a checkpoint (config.json and last.pt)")
-    config = load_config(run_dir)
-    for key in ("epochs", "quiet", "device", "workers"):
-        if overrides.get(key) is not None:
-            setattr(config, key, overrides[key])
-    return config
+    def finish(self) -> dict[str, Any]:
+        """The summary (with the test split's score under the official protocol), summary.json."""
+        summary = self.summary()
+        if self.splits.test is not None:
+            summary.update(self.score_test())
+        if self.main:
+            write_json(self.run_dir / "summary.json", summary)
+            test = f", test top-1 {100 * summary['test_top1']:.2f}%" if "test_top1" in summary else ""
+            self.log(f"done: final top-1 {100 * summary['final_top1']:.2f}% (best {100 * summary['best_top1']:.2f}% "
+                     f"at epoch {summary['best_epoch']}){test}; outputs in {self.run_dir}")
+        return summary
+
+    def summary(self) -> dict[str, Any]:
+        config, splits, history = self.config, self.splits, self.state.history
+        return {
+            "run_dir": str(self.run_dir),
+            "arch": config.arch,
+            "dataset": config.dataset,
+            "split": config.split if config.dataset == "flowers102" else None,  # a split scheme is flowers102's
+            "train_images": len(splits.train),
+            "eval_images": len(splits.eval),
+            "eval_split": splits.eval_name,
+            "num_classes": len(splits.classes),
+            "epochs": len(history),
+            "final_top1": history[-1]["top1"],
+            "final_top5": history[-1]["top5"],
+            "best_top1": self.state.best_top1,
+            "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i]["top1"]),
+            "seconds": sum(row["seconds"] for row in history),
+            "seconds_this_session": time.perf_counter() - self.started,
+            "skipped_files": splits.skipped,
+        }
+
+    def score_test(self) -> dict[str, Any]:
+        """The official protocol: the weights chosen on val (best.pt) are scored once on test.
+        Rank 0 reads best.pt and sends it to the other ranks, which may not share its disk."""
+        best = distributed.broadcast_object(load_checkpoint(self.run_dir / "best.pt") if self.main else None,
+                                            self.topology)
+        self.model.load_state_dict(best["ema"] if self.ema is not None and best.get("ema") else best["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(best["ema"] or best["model"])
+        size = self.config.resolved_eval_image_size()
+        test_data = (decode_for_run(self.splits.test, size, self.config, self.topology)
+                     if self.config.pipeline == "fast" else None)
+        test = self.validate(self.splits.test, test_data)
+        return {"test_images": len(self.splits.test), "test_top1": test["top1"], "test_top5": test["top5"]}
+
+    # --- helpers ---
+
+    def save_checkpoint(self, name: str) -> None:
+        if self.main:
+            save_atomic(checkpoint_dict(self.config, self.splits.classes, self.model, self.optimizer, self.scaler,
+                                        self.ema, self.state), self.run_dir / name)
+
+    def log(self, message: str) -> None:
+        if self.main:
+            print(message, flush=True)
+
+    def log_start(self) -> None:
+        config, splits = self.config, self.splits
+        self.log(f"run {self.run_dir}: {config.arch} on {config.dataset} ({len(splits.train)} training / "
+                 f"{len(splits.eval)} evaluation images ('{splits.eval_name}'), {len(splits.classes)} classes), "
+                 f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline")
+
+    def discard_if_unstarted(self) -> None:
+        """A fresh run that failed before its first checkpoint leaves no directory behind:
+        it could be neither resumed nor reused."""
+        if not self.main or self.resume is not None or (self.run_dir / "last.pt").exists():
+            return
+        (self.run_dir / "config.json").unlink(missing_ok=True)
+        if self.created_dir:
+            try:
+                self.run_dir.rmdir()
+            except OSError:  # something else is in it: leave it
+                pass
