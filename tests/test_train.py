@@ -416,7 +416,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(folder
         (lambda root: None, ["--dataset", "imagefolder", "--data-dir", "{root}"], "is not a directory"),
         (lambda root: None, ["--resume", "{root}"], "is not a run directory"),
         (lambda root: (root.mkdir(), (root / "config.json").write_text('{"epochs": '), (root / "last.pt").touch()),
-         ["--resume", "{root}"], "config.json cannot be read: Expecting value"),
+         ["--resume", "{root}"], "config.json is not a readable config (JSONDecodeError: Expecting value"),
         (lambda root: None, ["--image-size", "16"], "--image-size must be at least 32"),
         (lambda root: None, ["--lr", "-1"], "--lr must be positive"),
     ],

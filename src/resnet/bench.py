@@ -36,7 +36,7 @@ import torch
 from PIL import Image
 
 from resnet import augment, petals
-from resnet.config import CHOICES, MAX_IMAGE_SIZE, RECIPES, resolve_config
+from resnet.config import MAX_IMAGE_SIZE, resolve_config
 from resnet.data import ImageFiles, cache_dir, classic_loader, decode, flowers102_splits, list_class_folders
 from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
@@ -46,9 +46,6 @@ from resnet.train import FastTrainBatches, TrainStep, augment_spec, generator_fo
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
-# The config's name of the tutorial's recipe: "tutorial", formerly "seed".
-TUTORIAL_RECIPE = "tutorial" if "tutorial" in RECIPES else "seed"
-TUTORIAL_SPLIT = "tutorial" if "tutorial" in CHOICES["split"] else "seed"
 BUSY_WARNING = 0.2  # share of CPU time used by other work before a run that earns a warning
 
 
@@ -116,7 +113,7 @@ def bench_source(options: BenchOptions) -> tuple[ImageFiles, int, dict[str, Any]
     root = Path(options.data_dir)
     if (root / "flowers-102").is_dir() or root.name == "flowers-102":
         # The tutorial's training images: torchvision's Flowers102(split="test").
-        files = flowers102_splits(str(root.parent if root.name == "flowers-102" else root), TUTORIAL_SPLIT).train
+        files = flowers102_splits(str(root.parent if root.name == "flowers-102" else root), "tutorial").train
         kind, num_classes = "flowers102", 102
     else:
         classes, samples = list_class_folders(root / "train" if (root / "train").is_dir() else root)
@@ -188,12 +185,11 @@ class Pipelines:
 
     def __init__(self, options: BenchOptions, files: ImageFiles, device: torch.device) -> None:
         self.options, self.files, self.device = options, files, device
-        tutorial = resolve_config({"dataset": "imagefolder", "recipe": TUTORIAL_RECIPE,
+        tutorial = resolve_config({"dataset": "imagefolder", "recipe": "tutorial",
                                    "image_size": options.image_size})
         self.tutorial_transform = augment.classic_train_transform(augment_spec(tutorial), options.image_size)
-        recipe = TUTORIAL_RECIPE if options.recipe == "tutorial" else options.recipe
         self.config = resolve_config({
-            "dataset": "imagefolder", "recipe": recipe, "arch": options.arch, "image_size": options.image_size,
+            "dataset": "imagefolder", "recipe": options.recipe, "arch": options.arch, "image_size": options.image_size,
             "batch_size": options.batch_size, "device": options.device, "precision": options.precision,
             "workers": options.workers, "seed": options.seed})
         start = time.perf_counter()
@@ -367,7 +363,7 @@ def validate(options: BenchOptions) -> None:
         raise ResnetError(f"--image-size must be at most {MAX_IMAGE_SIZE}, got {options.image_size}")
     if options.generated_size > MAX_IMAGE_SIZE:
         raise ResnetError(f"--generated-size must be at most {MAX_IMAGE_SIZE}, got {options.generated_size}")
-    if options.recipe not in ("tutorial", "default", TUTORIAL_RECIPE):
+    if options.recipe not in ("tutorial", "default"):
         raise ResnetError(f"--recipe must be tutorial or default, got {options.recipe!r}")
     if options.batch_size < 2:
         raise ResnetError(f"--batch-size must be at least 2 (BatchNorm), got {options.batch_size}")
