@@ -10,7 +10,8 @@ from PIL import Image
 
 pytest.importorskip("captum", reason='captum is not installed (pip install -e ".[app]")')
 
-from resnet.app import classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief  # noqa: E402
+from resnet.app import (  # noqa: E402
+    classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief)
 from resnet.cli import main  # noqa: E402
 from resnet.errors import ResnetError  # noqa: E402
 from resnet.evaluate import load_model_from_checkpoint  # noqa: E402

@@ -85,9 +85,10 @@ def test_explain_image_probabilities_are_predicts(tiny_run):
 def test_explain_cli_writes_one_overlay_per_image(tiny_run, tmp_path, capsys):
     junk = tmp_path / "junk.png"
     junk.write_text("not an image")
-    images = [str(tiny_run["data"] / "cat" / "0.png"), str(tiny_run["data"] / "fox" / "1.png"), str(junk)]
+    images = [str(tiny_run["data"] / "cat" / "0.png"), str(tiny_run["data"] / "fox" / "1.png"), str(junk),
+              str(tiny_run["data"] / "dog" / "0.png")]
     assert main(["explain", str(tiny_run["dir"]), *images, "--out", str(tmp_path / "cams"), "--class", "dog"]) == 1
-    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["0.cam.png", "1.cam.png"]
+    assert sorted(p.name for p in (tmp_path / "cams").iterdir()) == ["0-2.cam.png", "0.cam.png", "1.cam.png"]
     with Image.open(tmp_path / "cams" / "0.cam.png") as written:
         assert written.size[0] > 100
     err = capsys.readouterr().err

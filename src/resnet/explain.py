@@ -139,10 +139,19 @@ def save_overlay(explanation: Explanation, path: Path) -> None:
     plt.close(fig)
 
 
+def unused_name(folder: Path, stem: str, written: set) -> Path:
+    """``folder/<stem>.cam.png``, or ``<stem>-2.cam.png``... when this call already wrote that one."""
+    n = 1
+    while (path := folder / (f"{stem}.cam.png" if n == 1 else f"{stem}-{n}.cam.png")) in written:
+        n += 1
+    return path
+
+
 def explain_files(checkpoint_path: str | os.PathLike, images: list[str], out: str | os.PathLike,
                   class_name: str | None = None, layer: str = "layer4") -> list[tuple[str, Path | str]]:
-    """``resnet explain``: ``OUT/<stem>.cam.png`` per image. Returns ``(image, written file
-    or why not)`` in input order; one unreadable image does not stop the others."""
+    """``resnet explain``: ``OUT/<stem>.cam.png`` per image (``<stem>-2.cam.png`` for a second
+    image of the same stem). Returns ``(image, written file or why not)`` in input order; one
+    unreadable image does not stop the others."""
     from resnet.evaluate import load_model_from_checkpoint
     from resnet.predict import image_files
 
@@ -162,7 +171,7 @@ def explain_files(checkpoint_path: str | os.PathLike, images: list[str], out: st
         except ResnetError as error:
             results.append((path, str(error).removeprefix(f"{path}: ")))
             continue
-        target = out_dir / f"{Path(path).stem}.cam.png"
+        target = unused_name(out_dir, Path(path).stem, {r for _, r in results})
         save_overlay(explanation, target)
         results.append((path, target))
     return results
