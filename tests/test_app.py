@@ -44,11 +44,12 @@ def test_bad_and_huge_uploads_get_messages_not_exceptions(tiny_run, tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     good = tiny_run["data"] / "dog" / "2.png"
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:200])  # truncated
-    Image.new("RGB", (8000, 8000), (30, 200, 40)).save(tmp_path / "huge.png")
-    paths = [str(tmp_path / "notes.txt"), str(tmp_path / "cut.png"), str(tmp_path / "huge.png"), str(good)]
+    Image.new("RGB", (8000, 8000), (30, 200, 40)).save(tmp_path / "huge.jpg", quality=50)
+    paths = [str(tmp_path / "notes.txt"), str(tmp_path / "cut.png"), str(tmp_path / "huge.jpg"), str(good)]
     results = classify(model, checkpoint, paths)
     assert [r.error is None for r in results] == [False, False, True, True]
     assert str(tmp_path) not in results[0].error  # the name the user knows, not the server's temp path
+    assert str(tmp_path) not in classify(model, checkpoint, paths[:1], with_cam=False)[0].error
     label, gallery, table, messages = classify_outputs(results)
     assert messages.count("could not be classified") == 2 and "notes.txt" in messages and "cut.png" in messages
     assert len(gallery) == 2 and len(table) == 2 * 3 and label == dict(results[2].top)

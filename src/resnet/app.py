@@ -172,13 +172,16 @@ def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class
         try:
             if with_cam:
                 e = explain_image(model, checkpoint, path, cam_class)
-                results.append(Classified(name, e.top, e.target, e.probability, e.overlay))
-                continue
-            prediction = next(predict_files(model, checkpoint, [path], top_k=5, device="cpu"))
-            results.append(Classified(name, prediction.top, error=prediction.error))
+                result = Classified(name, e.top, e.target, e.probability, e.overlay)
+            else:
+                prediction = next(predict_files(model, checkpoint, [path], top_k=5, device="cpu"))
+                result = Classified(name, prediction.top, error=prediction.error)
         except Exception as error:  # a bad upload must never take the server down
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            results.append(Classified(name, error=message.removeprefix(f"{path}: ").replace(str(path), name)))
+            text = str(error).strip()
+            result = Classified(name, error=text.splitlines()[0] if text else type(error).__name__)
+        if result.error is not None:  # name the file as the user knows it, not by the server's temp path
+            result.error = result.error.removeprefix(f"{path}: ").replace(str(path), name)
+        results.append(result)
     return results
 
 
