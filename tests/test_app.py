@@ -105,3 +105,31 @@ def test_a_missing_optional_library_is_a_one_line_install_hint():
 
     with pytest.raises(ResnetError, match=r'pip install -e "\.\[app\]"'):
         require("resnet_no_such_module")
+
+
+def test_serve_names_a_bad_run_in_one_line(tmp_path, capsys):
+    pytest.importorskip("gradio")
+    assert main(["serve", str(tmp_path / "nope"), "--runs-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("resnet serve: error: ") and "not a run directory" in err
+
+
+def test_serve_warns_off_loopback_and_binds_where_told(tiny_run, monkeypatch, capsys):
+    pytest.importorskip("gradio")
+    import resnet.app
+
+    launched = {}
+
+    class FakeApp:
+        def queue(self, **options):
+            return self
+
+        def launch(self, **options):
+            launched.update(options)
+
+    monkeypatch.setattr(resnet.app, "build_app", lambda runs: (FakeApp(), []))
+    assert main(["serve", str(tiny_run["dir"]), "--port", "7999"]) == 0
+    assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
+    assert "no authentication" not in capsys.readouterr().err
+    assert main(["serve", str(tiny_run["dir"]), "--host", "0.0.0.0"]) == 0
+    assert launched["server_name"] == "0.0.0.0" and "no authentication" in capsys.readouterr().err
