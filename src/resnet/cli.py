@@ -118,7 +118,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=int, default=2, help="image decoding processes (default 2)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
-    p.add_argument("--mistakes", type=int, default=16, metavar="N",
+    p.add_argument("--mistakes", type=nonnegative_int, default=16, metavar="N",
                    help="show the N most confident mistakes in mistakes.png (default 16; 0: no PNG)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)

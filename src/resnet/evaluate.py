@@ -293,7 +293,7 @@ def format_eval(result: dict[str, Any]) -> str:
         f"at {result['image_size']} px{', with flip TTA' if result['tta'] else ''}",
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
         f"mean per-class {100 * result['mean_class_accuracy']:.2f}%",
-        format_pairs(result.get("most_confused", [])),
+        format_pairs(result["most_confused"]),
         f"wrote {result['confusion_matrix_png']}, {result['per_class_csv']}, "
-        f"{result.get('most_confused_csv')}" + (f" and {result['mistakes_png']}" if "mistakes_png" in result else ""),
+        f"{result['most_confused_csv']}" + (f" and {result['mistakes_png']}" if "mistakes_png" in result else ""),
     ])
