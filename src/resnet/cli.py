@@ -128,6 +128,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--workers", type=nonnegative_int, default=2, help="image decoding processes (default 2)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--mistakes", type=nonnegative_int, default=16, metavar="N",
+                   help="show the N most confident mistakes in mistakes.png (default 16; 0: no PNG)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
 
@@ -138,7 +140,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from resnet.evaluate import evaluate_checkpoint, format_eval
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
-                                 args.device, args.batch_size, args.workers, args.image_size, args.tta)
+                                 args.device, args.batch_size, args.workers, args.image_size, args.tta,
+                                 args.mistakes)
     print(json.dumps(result) if args.json else format_eval(result))
     return 0
 
@@ -262,6 +265,55 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_explain_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "explain", help="Grad-CAM overlays: where in each image the evidence for a class is",
+        description="Write OUT/<stem>.cam.png per image: the Grad-CAM map of the top class (or --class) over "
+                    "the image as the model sees it, titled with the class and its probability. Needs the "
+                    'CAM library: pip install -e ".[app]".')
+    p.add_argument("checkpoint", metavar="CHECKPOINT_OR_RUN_DIR")
+    p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the overlays go")
+    p.add_argument("--class", dest="class_name", default=None, metavar="NAME",
+                   help="explain this class instead of the predicted one")
+    p.add_argument("--layer", default="layer4", help="the layer whose maps are weighted (default layer4)")
+    p.set_defaults(run=run_explain)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from resnet.explain import explain_files
+
+    failed = 0
+    for image, result in explain_files(args.checkpoint, args.inputs, args.out, args.class_name, args.layer):
+        if isinstance(result, str):
+            failed += 1
+            print(f"resnet explain: {image}: {result}", file=sys.stderr)
+        else:
+            print(f"{image} -> {result}")
+    return 1 if failed else 0
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "serve", help="a local web app: classify your images with Grad-CAM, browse runs",
+        description="Start a Gradio app on this machine: Classify (top-5 and a Grad-CAM overlay for uploaded "
+                    "images, as resnet predict computes them) and Runs (config, metrics, curves, confusion, "
+                    'mistakes of every run). Needs pip install -e ".[app]". No authentication: it listens '
+                    "on 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("runs", nargs="*", metavar="RUN_DIR", help="runs to offer (the first is classified with)")
+    p.add_argument("--runs-dir", default="runs", metavar="DIR", help="every run under DIR is listed (default runs)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=positive_int, default=7860)
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from resnet.app import serve
+
+    serve(args.runs, args.runs_dir, args.host, args.port)
+    return 0
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line that says where the full usage is."""
 
@@ -276,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
-                add_list_parser, add_summary_parser, add_bench_parser):
+                add_list_parser, add_summary_parser, add_bench_parser, add_explain_parser, add_serve_parser):
         add(subparsers)
     return parser
 

@@ -232,7 +232,8 @@ def per_class_rows(confusion: torch.Tensor, classes: list[str]) -> list[dict[str
 
 def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, device: torch.device | str = "cpu",
              batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
-    """Loss, top-1, top-5, mean per-class accuracy, confusion matrix and per-class rows.
+    """Loss, top-1, top-5, mean per-class accuracy, confusion matrix and per-class rows;
+    also ``logits`` and ``labels`` per image, in the source's order.
 
     The images go through the training run's own evaluation path: decoded once at the
     checkpoint's image size (square resize), then normalized with its mean and std.
@@ -252,7 +253,7 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     rows = per_class_rows(confusion, classes)
     scored = [row["accuracy"] for row in rows if row["accuracy"] is not None]
     return {**metrics, "mean_class_accuracy": float(np.mean(scored)), "images": len(labels),
-            "confusion": confusion, "per_class": rows}
+            "confusion": confusion, "per_class": rows, "logits": logits, "labels": labels}
 
 
 def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -267,8 +268,9 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
                         split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
                         device: str = "cpu", batch_size: int = 64, workers: int = 2,
-                        image_size: int | None = None, tta: bool | None = None) -> dict[str, Any]:
-    """``resnet eval``: score a checkpoint, write the confusion-matrix PNG and per-class CSV.
+                        image_size: int | None = None, tta: bool | None = None, mistakes: int = 16) -> dict[str, Any]:
+    """``resnet eval``: score a checkpoint, write the confusion-matrix PNG, per-class CSV,
+    most-confused pairs CSV and the PNG of the ``mistakes`` most confident mistakes.
 
     ``image_size`` and ``tta`` override the run's evaluation size and flip TTA.
     """
@@ -290,15 +292,34 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     plot_confusion(result["confusion"], checkpoint["classes"], png,
                    f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")
     write_per_class_csv(result["per_class"], table)
+    failures = write_failure_views(result, checkpoint["classes"], source, out_dir, mistakes)
     return {"checkpoint": checkpoint["path"], "arch": checkpoint["arch"], "weights": checkpoint["weights_used"],
             **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
             "image_size": checkpoint["normalization"]["image_size"], "tta": checkpoint["tta"],
             "loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
             "mean_class_accuracy": result["mean_class_accuracy"],
-            "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"]}
+            "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"],
+            **failures}
+
+
+def write_failure_views(result: dict[str, Any], classes: list[str], source: Source, out_dir: Path,
+                        mistakes: int) -> dict[str, Any]:
+    """most_confused.csv and mistakes.png (skipped when ``mistakes`` is 0) in ``out_dir``."""
+    from resnet.mistakes import most_confused, plot_mistakes, worst_mistakes, write_most_confused_csv
+
+    pairs = most_confused(result["confusion"], classes)
+    write_most_confused_csv(pairs, out_dir / "most_confused.csv")
+    views = {"most_confused_csv": str(out_dir / "most_confused.csv"), "most_confused": pairs}
+    if mistakes > 0:
+        worst = worst_mistakes(result["logits"], result["labels"], classes, mistakes)
+        plot_mistakes(worst, source, out_dir / "mistakes.png", f"the {len(worst)} most confident mistakes")
+        views["mistakes_png"] = str(out_dir / "mistakes.png")
+    return views
 
 
 def format_eval(result: dict[str, Any]) -> str:
+    from resnet.mistakes import format_pairs
+
     top5 = f"top-{top_k(result['classes'])}"
     return "\n".join([
         f"{result['arch']} ({result['weights']} weights) from {result['checkpoint']}",
@@ -306,5 +327,7 @@ def format_eval(result: dict[str, Any]) -> str:
         f"at {result['image_size']} px{', with flip TTA' if result['tta'] else ''}",
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
         f"mean per-class {100 * result['mean_class_accuracy']:.2f}%",
-        f"wrote {result['confusion_matrix_png']} and {result['per_class_csv']}",
+        format_pairs(result["most_confused"]),
+        f"wrote {result['confusion_matrix_png']}, {result['per_class_csv']}, "
+        f"{result['most_confused_csv']}" + (f" and {result['mistakes_png']}" if "mistakes_png" in result else ""),
     ])
