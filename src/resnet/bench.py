@@ -216,7 +216,8 @@ class Pipelines:
         batches = self.batches(round_index)
 
         def step(i: int) -> int:
-            return consume(*self.fast(batches[i], generator_for(self.options.seed, round_index, i)))
+            return consume(*self.fast(batches[i], generator_for(self.options.seed, round_index, i),
+                                     self.config.image_size))
 
         return timed(step, self.options.warmup, self.options.steps, self.device)
 
