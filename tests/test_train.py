@@ -283,6 +283,21 @@ def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
     assert first.images.shape == (len(source), 3, 16, 16) and first.images.dtype == torch.uint8
 
 
+def test_draft_decoded_training_cache_is_close_to_the_full_decode(tmp_path):
+    from resnet.data import ImageFiles, cache_file
+
+    # A smooth 400x300 photo-like image: libjpeg's 1/4-scale decode (100x75) then the resize to 64.
+    y, x = np.mgrid[0:300, 0:400] / 60.0
+    pixels = np.stack([128 + 100 * np.sin(x), 128 + 100 * np.cos(y), 128 + 60 * np.sin(x + y)], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "photo.jpg", quality=90)
+    source = ImageFiles([tmp_path / "photo.jpg"], [0])
+    full, drafted = decode(source, 64, workers=0), decode(source, 64, workers=0, draft=True)
+    assert drafted.images.shape == full.images.shape == (1, 3, 64, 64)
+    difference = (drafted.images.float() - full.images.float()).abs().mean().item()
+    assert 0 < difference < 3  # really decoded another way, and close
+    assert cache_file(source, 64, draft=True) != cache_file(source, 64)  # never mistaken for each other
+
+
 # --- a run and its outputs -------------------------------------------------------------------
 
 

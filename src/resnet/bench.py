@@ -193,7 +193,8 @@ class Pipelines:
             "batch_size": options.batch_size, "device": options.device, "precision": options.precision,
             "workers": options.workers, "seed": options.seed})
         start = time.perf_counter()
-        decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False)
+        decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False,
+                         draft=True)
         self.decode_seconds = time.perf_counter() - start
         self.fast = FastTrainBatches(decoded, self.config, device)
 

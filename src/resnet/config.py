@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ class TrainConfig:
     pipeline: str = option("fast", "fast (decoded cache + batched augmentation) | classic (the tutorial's)")
     compile: bool = option(False, "torch.compile the model")
     channels_last: bool = option(True, "channels-last memory format")
-    workers: int = option(2, "decoding / classic DataLoader processes")
+    workers: int = option(os.cpu_count() or 1, "decoding / classic DataLoader processes (default: one per core)")
     sync_bn: bool = option(False, "under torchrun: SyncBatchNorm across ranks")
     seed: int = option(0, "seeds the initialization, the batches and the augmentation")
     out: str | None = option(None, "the run directory (default: runs/<dataset>-<arch>-<timestamp>)")

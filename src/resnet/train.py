@@ -212,18 +212,19 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
                        vflip=config.vflip, color_jitter=config.color_jitter)
 
 
-def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology) -> DecodedImages:
+def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology,
+                   draft: bool = False) -> DecodedImages:
     """One process per machine (local rank 0) decodes, or finds the cache file on that
     machine's disk; the machine's other processes then memory-map its file. Every machine
     has a decoder, since a cache file on one machine's disk is of no use to another."""
     decoder = topology.local_rank == 0
     if not decoder:
         distributed.barrier(topology)
-    path = cache_file(source, size)
+    path = cache_file(source, size, draft)
     if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
         print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
               file=sys.stderr, flush=True)
-    data = decode(source, size, workers=config.workers)
+    data = decode(source, size, workers=config.workers, draft=draft)
     if decoder:
         distributed.barrier(topology)
     return data
@@ -393,7 +394,8 @@ class Run:
         config = self.config
         self.fast_batches, self.eval_data = None, None
         if config.pipeline == "fast":
-            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology)
+            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology,
+                                        draft=True)
             self.fast_batches = FastTrainBatches(train_data, config, self.device)
             self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
                                             self.topology)
