@@ -43,6 +43,7 @@ def test_bench_json_has_every_figure(tmp_path, monkeypatch, capsys, one_thread):
         assert set(speeds) == {"nchw", "channels_last"}
         assert all(positive(v) for v in speeds.values())
 
+    assert "model_only_compiled" not in result  # only with --compile
     data = result["data_only"]
     assert all(positive(data[key]) for key in ("tutorial", "ours", "ratio"))
 
@@ -89,3 +90,18 @@ def test_bench_options_reach_the_benchmark(monkeypatch, capsys):
         main(["bench", "--recipe", "seed"])  # the tutorial's recipe is called "tutorial" now
     err = capsys.readouterr().err
     assert "invalid choice: 'seed'" in err and "tutorial" in err
+
+
+@pytest.mark.slow
+def test_bench_compile_times_the_compiled_step_beside_the_eager_one(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cache"))
+    assert main([*TINY, "--rounds", "1", "--compile", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    compiled = result["model_only_compiled"]
+    assert compiled["precision"] in result["model_only"] and compiled["memory_format"] == "channels_last"
+    assert positive(compiled["compile_seconds"]) and positive(compiled["images_per_s"])
+    assert len(compiled["rounds"]) == 1
+
+    from resnet.bench import format_report
+    assert "compiled (" in format_report(result) and "s of compiling steps" in format_report(result)
+

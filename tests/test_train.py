@@ -76,7 +76,7 @@ def test_every_config_field_is_a_documented_option(capsys):
     for field in dataclasses.fields(TrainConfig):
         assert field.metadata["help"] and "--" + field.name.replace("_", "-") in text
     assert "--min-scale SCALE smallest area fraction of the random-resized crop" in text
-    assert "--recipe {default,tutorial}" in text and "--split {tutorial,official}" in text
+    assert "--recipe {default,fast,tutorial}" in text and "--split {tutorial,official}" in text
 
 
 # --- the batched warp ------------------------------------------------------------------
@@ -283,6 +283,21 @@ def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
     assert first.images.shape == (len(source), 3, 16, 16) and first.images.dtype == torch.uint8
 
 
+def test_draft_decoded_training_cache_is_close_to_the_full_decode(tmp_path):
+    from resnet.data import ImageFiles, cache_file
+
+    # A smooth 400x300 photo-like image: libjpeg's 1/4-scale decode (100x75) then the resize to 64.
+    y, x = np.mgrid[0:300, 0:400] / 60.0
+    pixels = np.stack([128 + 100 * np.sin(x), 128 + 100 * np.cos(y), 128 + 60 * np.sin(x + y)], -1)
+    Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / "photo.jpg", quality=90)
+    source = ImageFiles([tmp_path / "photo.jpg"], [0])
+    full, drafted = decode(source, 64, workers=0), decode(source, 64, workers=0, draft=True)
+    assert drafted.images.shape == full.images.shape == (1, 3, 64, 64)
+    difference = (drafted.images.float() - full.images.float()).abs().mean().item()
+    assert 0 < difference < 3  # really decoded another way, and close
+    assert cache_file(source, 64, draft=True) != cache_file(source, 64)  # never mistaken for each other
+
+
 # --- a run and its outputs -------------------------------------------------------------------
 
 
@@ -294,7 +309,9 @@ def test_a_run_writes_its_outputs(folder, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_images"] + summary["eval_images"] == 18 and summary["num_classes"] == 3
     rows = read_metrics(run_dir)
-    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds"]
+    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
+                             "train_size"]
+    assert [int(r["train_size"]) for r in rows] == [32, 32]
     assert [int(r["epoch"]) for r in rows] == [1, 2] == list(range(1, summary["epochs"] + 1))
     assert summary["final_top1"] == pytest.approx(float(rows[-1]["top1"]))
     assert summary["best_top1"] == pytest.approx(max(float(r["top1"]) for r in rows))
@@ -308,6 +325,42 @@ def test_classic_pipeline_trains_too(folder, tmp_path):
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir),
                  "--pipeline", "classic", *TINY]) == 0
     assert len(read_metrics(run_dir)) == 2
+
+
+@pytest.mark.parametrize("pipeline", ["fast", "classic"])
+def test_progressive_resizing_trains_and_records_each_epochs_size(folder, tmp_path, pipeline):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir),
+                 "--pipeline", pipeline, *TINY, "--epochs", "3", *PROGRESSIVE]) == 0
+    assert [int(r["train_size"]) for r in read_metrics(run_dir)] == [32, 48, 64]
+    assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
+
+
+def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
+    config = resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 24, "progressive_until": 0.75})
+    sizes = [config.image_size_at(epoch) for epoch in range(24)]
+    assert sizes[0] == 64 and sizes == sorted(sizes)
+    assert sizes.index(112) == 17 and set(sizes[17:]) == {112}  # full from epoch 18 of 24 on
+    assert all(s % 16 == 0 and 32 <= s <= 112 for s in sizes) and len(set(sizes)) > 2
+    assert resolve_config({"image_size": 56, "min_image_size": 40, "epochs": 4}).image_size_at(0) == 32  # rounded down
+    assert resolve_config({"image_size": 56, "min_image_size": 40, "epochs": 4}).image_size_at(3) == 56
+    assert {resolve_config({"image_size": 112, "epochs": 5}).image_size_at(e) for e in range(5)} == {112}  # off
+    assert resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 1}).image_size_at(0) == 112
+
+
+def test_fast_recipe_is_the_default_with_progressive_resizing():
+    config = resolve_config({"recipe": "fast", "dataset": "flowers102"})
+    default = resolve_config({"dataset": "flowers102"})
+    assert (config.epochs, config.min_image_size, config.progressive_until, config.image_size) == (24, 64, 0.75, 112)
+    assert config.lr == default.lr and default.min_image_size is None
+    petals = resolve_config({"recipe": "fast", "dataset": "petals"})
+    # The preset does not undo the recipe; the recipe's smallest crop is capped at petals' 56 px.
+    assert (petals.epochs, petals.image_size, petals.min_image_size) == (24, 56, 56)
+    with pytest.raises(ResnetError, match="--min-image-size must be in"):
+        resolve_config({"recipe": "fast", "dataset": "petals", "min_image_size": 64})  # given: an error
+    given = resolve_config({"recipe": "fast", "dataset": "flowers102", "epochs": 5, "min_image_size": 96,
+                            "progressive_until": 0.5})
+    assert (given.epochs, given.min_image_size, given.progressive_until) == (5, 96, 0.5)
 
 
 class Kill(Exception):
@@ -328,10 +381,14 @@ def interrupt_at(monkeypatch, global_step: int, exception: type[BaseException] |
     monkeypatch.setattr(train_module, "stop_requested", fake)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
-def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how):
+PROGRESSIVE = ["--image-size", "64", "--min-image-size", "32", "--progressive-until", "1"]  # 32, 48, 64 px
+
+
+@pytest.mark.parametrize("how, extra", [("ctrl-c", []), ("kill", []), ("ctrl-c", PROGRESSIVE)],
+                         ids=["ctrl-c", "kill", "progressive"])
+def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how, extra):
     args = ["--dataset", "imagefolder", "--data-dir", str(folder), "--lr", "0.05", *TINY,
-            "--epochs", "3", "--ema-decay", "0.9"]
+            "--epochs", "3", "--ema-decay", "0.9", *extra]
     assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
 
     with monkeypatch.context() as patch:
@@ -350,7 +407,7 @@ def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how):
     for part in ("model", "ema"):
         for key, value in whole[part].items():
             assert torch.equal(value, cut[part][key]), (part, key)
-    columns = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr")
+    columns = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "train_size")
     assert [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "whole")] == \
            [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "cut")]
 
@@ -436,6 +493,9 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, args, message):
         (["--lr", "nan"], "--lr must be a finite number, got nan"),
         (["--label-smoothing", "inf"], "--label-smoothing must be a finite number, got inf"),
         (["--image-size", "100000"], "--image-size must be at most 2048, got 100000"),
+        (["--min-image-size", "128"], "--min-image-size must be in [32, --image-size 32], got 128"),
+        (["--min-image-size", "16"], "--min-image-size must be in [32, --image-size 32], got 16"),
+        (["--progressive-until", "0"], "--progressive-until must be in (0, 1], got 0.0"),
         (["--eval-image-size", "4000"], "--eval-image-size must be at most 2048, got 4000"),
         (["--cache-size", "4000"], "--cache-size must be at most 2048, got 4000"),
     ],
@@ -601,9 +661,9 @@ def test_a_shared_batch_is_augmented_as_a_whole_one():
     config = resolve_config({"image_size": 32, "color_jitter": 0.3, "rotation": 30})
     batches = train_module.FastTrainBatches(data, config, torch.device("cpu"))
     batch = torch.tensor([5, 0, 3, 1])
-    whole, labels = batches(batch, train_module.generator_for(0, 0, 0))
+    whole, labels = batches(batch, train_module.generator_for(0, 0, 0), 32)
     for rank in (0, 1):
-        part, part_labels = batches(batch, train_module.generator_for(0, 0, 0), Topology(rank, 2))
+        part, part_labels = batches(batch, train_module.generator_for(0, 0, 0), 32, Topology(rank, 2))
         torch.testing.assert_close(part, whole[rank::2])
         assert torch.equal(part_labels, labels[rank::2])
 

@@ -65,6 +65,7 @@ class BenchOptions:
     precision: str = "auto"  # ours
     recipe: str = "tutorial"  # ours' augmentation: tutorial (the tutorial's transforms) | default
     seed: int = 0
+    compile: bool = False  # also the model-only step under torch.compile
     note: str = ""
 
 
@@ -169,11 +170,13 @@ class Trainer:
     """A model and its SGD optimizer, one training step at a time (training's own step)."""
 
     def __init__(self, arch: str, num_classes: int, device: torch.device, dtype: torch.dtype | None,
-                 memory_format: torch.memory_format, seed: int) -> None:
+                 memory_format: torch.memory_format, seed: int, compile: bool = False) -> None:
         torch.manual_seed(seed)
         model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM)
-        self.train_step = TrainStep(model, optimizer, device, dtype, memory_format)
+        # As training's --compile does: the model compiled, the step around it the same.
+        self.train_step = TrainStep(torch.compile(model) if compile else model, optimizer, device, dtype,
+                                    memory_format)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> int:
         self.train_step(images, labels)
@@ -193,7 +196,8 @@ class Pipelines:
             "batch_size": options.batch_size, "device": options.device, "precision": options.precision,
             "workers": options.workers, "seed": options.seed})
         start = time.perf_counter()
-        decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False)
+        decoded = decode(files, self.config.resolved_cache_size(), workers=options.workers, use_disk_cache=False,
+                         draft=True)
         self.decode_seconds = time.perf_counter() - start
         self.fast = FastTrainBatches(decoded, self.config, device)
 
@@ -216,7 +220,8 @@ class Pipelines:
         batches = self.batches(round_index)
 
         def step(i: int) -> int:
-            return consume(*self.fast(batches[i], generator_for(self.options.seed, round_index, i)))
+            return consume(*self.fast(batches[i], generator_for(self.options.seed, round_index, i),
+                                     self.config.image_size))
 
         return timed(step, self.options.warmup, self.options.steps, self.device)
 
@@ -248,12 +253,33 @@ def model_step_speeds(options: BenchOptions, num_classes: int, device: torch.dev
                       memory_format: torch.memory_format) -> list[float]:
     """Images/s of training steps on one fixed batch already on the device, one figure per round."""
     trainer = Trainer(options.arch, num_classes, device, dtype, memory_format, options.seed)
-    generator = torch.Generator().manual_seed(options.seed)
-    images = torch.randn(options.batch_size, 3, options.image_size, options.image_size, generator=generator)
-    images = images.to(device).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, num_classes, (options.batch_size,), generator=generator).to(device)
+    images, labels = fixed_batch(options, num_classes, device, memory_format)
     return [timed(lambda i: trainer.step(images, labels), options.warmup if r == 0 else 1, options.steps, device)
             for r in range(options.rounds)]
+
+
+def fixed_batch(options: BenchOptions, num_classes: int, device: torch.device,
+                memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(options.seed)
+    images = torch.randn(options.batch_size, 3, options.image_size, options.image_size, generator=generator)
+    labels = torch.randint(0, num_classes, (options.batch_size,), generator=generator)
+    return images.to(device).contiguous(memory_format=memory_format), labels.to(device)
+
+
+def compiled_step_speeds(options: BenchOptions, num_classes: int, device: torch.device,
+                         dtype: torch.dtype | None) -> dict[str, Any]:
+    """The model-only step under torch.compile (channels_last, our precision): the seconds of
+    the first ``--warmup`` steps, which compile, then images/s per round as for eager."""
+    trainer = Trainer(options.arch, num_classes, device, dtype, torch.channels_last, options.seed, compile=True)
+    images, labels = fixed_batch(options, num_classes, device, torch.channels_last)
+    start = time.perf_counter()
+    for _ in range(options.warmup):
+        trainer.step(images, labels)
+    synchronize(device)
+    compile_seconds = time.perf_counter() - start
+    rounds = [timed(lambda i: trainer.step(images, labels), 1, options.steps, device) for _ in range(options.rounds)]
+    return {"precision": PRECISION_NAMES[dtype], "memory_format": "channels_last",
+            "compile_seconds": compile_seconds, "images_per_s": median(rounds), "rounds": rounds}
 
 
 def log(message: str) -> None:
@@ -281,7 +307,13 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
     e2e = end_to_end_rounds(options, pipelines, num_classes, ours_dtype)
     model_rounds = model_only_rounds(options, num_classes, device, ours_dtype)
     data = data_only_rounds(options, pipelines)
+    compiled = {}
+    if options.compile:
+        compiled = {"model_only_compiled": compiled_step_speeds(options, num_classes, device, ours_dtype)}
+        log(f"model only, compiled: {compiled['model_only_compiled']['compile_seconds']:.1f} s to compile, "
+            f"{compiled['model_only_compiled']['images_per_s']:.1f} images/s")
     return {
+        **compiled,
         "end_to_end": end_to_end_summary(options, pipelines, e2e, model_rounds, ours_dtype, decode_info),
         "model_only": {name: {fmt: median(speeds) for fmt, speeds in formats.items()}
                        for name, formats in model_rounds.items()},
@@ -465,6 +497,12 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     for precision, speeds in result["model_only"].items():
         lines.append(f"  {precision:<11}{speeds['nchw']:>10.1f}{speeds['channels_last']:>15.1f}")
+    if "model_only_compiled" in result:
+        compiled = result["model_only_compiled"]
+        eager = result["model_only"][compiled["precision"]]["channels_last"]
+        lines.append(f"  compiled ({compiled['precision']}, channels_last): {compiled['images_per_s']:.1f} images/s "
+                     f"against {eager:.1f} eager ({compiled['images_per_s'] / eager:.2f}x), after "
+                     f"{compiled['compile_seconds']:.1f} s of compiling steps")
     lines += [
         "",
         "data pipeline only: batches delivered to the device, no model (images/s)",

@@ -51,7 +51,8 @@ from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_pre
 from resnet.model import FlipTTA, ResNet, get_model
 from resnet.plots import plot_curves
 
-METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds")
+METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
+                  "train_size")
 
 
 class TrainingDiverged(ResnetError):
@@ -191,18 +192,18 @@ class FastTrainBatches:
         fits = device.type == "cuda" and data.images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]
         self.images = data.images.to(device) if fits else data.images
         self.device = device
-        self.size = config.image_size
         self.spec = augment_spec(config)
         self.normalize = Normalize().to(device)
 
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator,
+    def __call__(self, batch: torch.Tensor, generator: torch.Generator, size: int,
                  topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of a global batch, augmented. The random draws are made for the
-        whole global batch, so an image is augmented alike however many ranks share the batch."""
+        """This rank's share of a global batch, augmented into ``size`` px crops. The random
+        draws are made for the whole global batch, so an image is augmented alike however
+        many ranks share the batch."""
         params = shard(augment.sample_params(len(batch), self.spec, generator), topology)
         indices = shard(batch, topology)
         images = self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
-        images = augment.apply_augment(images, params, self.size)
+        images = augment.apply_augment(images, params, size)
         return self.normalize(images), self.labels[indices].to(self.device, non_blocking=True)
 
 
@@ -211,18 +212,19 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
                        vflip=config.vflip, color_jitter=config.color_jitter)
 
 
-def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology) -> DecodedImages:
+def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology,
+                   draft: bool = False) -> DecodedImages:
     """One process per machine (local rank 0) decodes, or finds the cache file on that
     machine's disk; the machine's other processes then memory-map its file. Every machine
     has a decoder, since a cache file on one machine's disk is of no use to another."""
     decoder = topology.local_rank == 0
     if not decoder:
         distributed.barrier(topology)
-    path = cache_file(source, size)
+    path = cache_file(source, size, draft)
     if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
         print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
               file=sys.stderr, flush=True)
-    data = decode(source, size, workers=config.workers)
+    data = decode(source, size, workers=config.workers, draft=draft)
     if decoder:
         distributed.barrier(topology)
     return data
@@ -392,7 +394,8 @@ class Run:
         config = self.config
         self.fast_batches, self.eval_data = None, None
         if config.pipeline == "fast":
-            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology)
+            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology,
+                                        draft=True)
             self.fast_batches = FastTrainBatches(train_data, config, self.device)
             self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
                                             self.topology)
@@ -446,14 +449,14 @@ class Run:
     def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(step, images, labels)`` from the epoch's next step on, from either pipeline."""
-        config, first = self.config, self.state.step
+        config, first, size = self.config, self.state.step, self.config.image_size_at(epoch)
         if self.fast_batches is not None:
             for step in range(first, len(batches)):
-                images, labels = self.fast_batches(batches[step], generator_for(config.seed, epoch, step),
+                images, labels = self.fast_batches(batches[step], generator_for(config.seed, epoch, step), size,
                                                    self.topology)
                 yield step, images, labels
         else:
-            transform = augment.classic_train_transform(augment_spec(config), config.image_size)
+            transform = augment.classic_train_transform(augment_spec(config), size)
             local = [shard(b, self.topology) for b in batches[first:]]
             loader = classic_loader(self.splits.train, local, transform, config.workers, config.seed * 1000 + epoch)
             for step, (images, labels) in enumerate(loader, start=first):
@@ -535,7 +538,8 @@ class Run:
         state = self.state
         row = {"epoch": state.epoch + 1, "train_loss": trained["train_loss"], "eval_loss": metrics["loss"],
                "top1": metrics["top1"], "top5": metrics["top5"], "lr": trained["lr"],
-               "images_per_s": trained["images_per_s"], "seconds": time.perf_counter() - self.epoch_start}
+               "images_per_s": trained["images_per_s"], "seconds": time.perf_counter() - self.epoch_start,
+               "train_size": self.config.image_size_at(state.epoch)}
         state.history.append(row)
         state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
         improved = row["top1"] > state.best_top1
@@ -550,7 +554,7 @@ class Run:
             tqdm.write(f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f}  "
                        f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
                        f"top-{k} {100 * row['top5']:5.2f}%  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
-                       f"{row['seconds']:.1f}s", file=sys.stdout)
+                       f"{row['seconds']:.1f}s  {row['train_size']} px", file=sys.stdout)
 
     # --- finish ---
 
