@@ -9,7 +9,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
 
-from resnet.config import CHOICES
+from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
 from resnet.model import list_models
 
@@ -76,13 +76,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
                     "config is saved as RUN_DIR/config.json.")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
     for f in fields(TrainConfig):
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        text = f.metadata["help"]
         if f.type == "bool":
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name == "arch":
-            p.add_argument(flag, choices=list_models(), default=None, help=text)
+            p.add_argument(flag(f.name), choices=list_models(), default=None, help=text)
         else:
-            p.add_argument(flag, type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None, help=text,
+            p.add_argument(flag(f.name), type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
+                           help=text,
                            metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
     p.set_defaults(run=run_train)
 

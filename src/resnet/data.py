@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnet import petals
 from resnet.checkpoint import write_atomic
-from resnet.config import LEGACY_NAMES
 from resnet.errors import ResnetError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -156,7 +155,6 @@ def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
     root = Path(data_dir) if data_dir else default_data_root()
     # The tutorial's split trains on the large "test" split and evaluates on "train".
     names = {"tutorial": ("test", "train", None), "official": ("train", "val", "test")}
-    split = LEGACY_NAMES["split"].get(split, split)
     if split not in names:
         raise ResnetError(f"unknown split {split!r} for flowers102; choose one of: {', '.join(names)}")
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from resnet.errors import ResnetError
 from resnet.model import FlipTTA
+from resnet.plots import labels_in_any_script
 
 INSTALL_HINT = 'pip install -e ".[app]"'
 OVERLAY_ALPHA = 0.45  # share of the heatmap in the overlay: enough to see, little enough to see through
@@ -123,12 +124,10 @@ def explain_image(model: nn.Module, checkpoint: dict[str, Any], path: str | os.P
     return Explanation(str(path), prediction.top[:top_k], target, probabilities[target], cam, overlay(image, cam))
 
 
+@labels_in_any_script()
 def save_overlay(explanation: Explanation, path: Path) -> None:
     """The overlay as a PNG titled with the class and its probability."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless: resnet.plots chose the Agg backend
 
     fig, ax = plt.subplots(figsize=(4, 4.4))
     ax.imshow(explanation.overlay)

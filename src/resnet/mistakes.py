@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from resnet.data import ImageArrays, ImageFiles, Source, open_rgb
+from resnet.plots import labels_in_any_script
 
 
 @dataclass
@@ -67,12 +68,10 @@ def source_image(source: Source, index: int) -> np.ndarray:
     raise TypeError(f"cannot show images of a {type(source).__name__}")
 
 
+@labels_in_any_script()
 def plot_mistakes(mistakes: list[Mistake], source: Source, path: Path, title: str = "") -> None:
     """A grid of the mistakes, each captioned true / predicted (probability)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # headless: resnet.plots chose the Agg backend
 
     columns = max(1, min(4, len(mistakes)))
     rows = max(1, math.ceil(len(mistakes) / columns))
