@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import dataclasses
 import json
@@ -336,6 +337,23 @@ def test_progressive_resizing_trains_and_records_each_epochs_size(folder, tmp_pa
     assert json.loads((run_dir / "summary.json").read_text())["epochs"] == 3
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_always_the_last(folder, tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(run_dir), *TINY,
+                 "--epochs", "5", "--eval-every", "2"]) == 0
+    rows = read_metrics(run_dir)
+    assert [r["top1"] != "" for r in rows] == [False, True, False, True, True]
+    assert all((r["eval_loss"] != "") == (r["top1"] != "") == (r["top5"] != "") for r in rows)
+    assert all(r["train_loss"] and r["lr"] for r in rows)  # the training columns every epoch
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final_top1"] == pytest.approx(float(rows[-1]["top1"]))
+    evaluated = {int(r["epoch"]): float(r["top1"]) for r in rows if r["top1"]}
+    assert summary["best_epoch"] in evaluated and summary["best_top1"] == pytest.approx(max(evaluated.values()))
+    assert load_checkpoint(run_dir / "best.pt")["state"]["epoch"] == summary["best_epoch"]
+    config = resolve_config({"epochs": 7, "eval_every": 3})
+    assert [e + 1 for e in range(7) if config.evaluates_after(e)] == [3, 6, 7]
+
+
 def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
     config = resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 24, "progressive_until": 0.75})
     sizes = [config.image_size_at(epoch) for epoch in range(24)]
@@ -628,6 +646,28 @@ def test_optimizer_choice_keeps_the_decay_groups(name, kind):
     assert type(optimizer) is kind
     assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.05]
     assert all(g["lr"] == 0.003 for g in optimizer.param_groups)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_fused_optimizer_updates_as_the_per_tensor_loop_does(name, monkeypatch):
+    config = resolve_config({"optimizer": name, "lr": 0.1, "weight_decay": 0.01})
+    torch.manual_seed(0)
+    # No conv bias before the norm: its gradient is ~0, and Adam would turn rounding into steps.
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 6 * 6, 2))
+    loop_model = copy.deepcopy(model)
+    fused = train_module.build_optimizer(config, model)
+    monkeypatch.setattr(train_module, "FUSED_OPTIMIZER_DEVICES", ())
+    loop = train_module.build_optimizer(config, loop_model)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    x = torch.randn(5, 3, 8, 8)
+    for _ in range(3):
+        for m, opt in ((model, fused), (loop_model, loop)):
+            opt.zero_grad()
+            m(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(model.parameters(), loop_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_weight_decay_skips_norms_and_biases():

@@ -92,9 +92,10 @@ def run_brief(run: Path) -> str:
         if "test_top1" in summary:
             lines.append(f"; test top-1 **{100 * summary['test_top1']:.2f}%**")
     elif rows:
-        last = rows[-1]
-        lines.append(f"training: epoch {int(last['epoch'])} of {config.get('epochs', '?')}, "
-                     f"top-1 {100 * last['top1']:.2f}%, eval loss {last['eval_loss']:.3f}")
+        evaluated = [row for row in rows if "top1" in row]  # with --eval-every, not every epoch
+        score = (f", top-1 {100 * evaluated[-1]['top1']:.2f}% after epoch {int(evaluated[-1]['epoch'])}, "
+                 f"eval loss {evaluated[-1]['eval_loss']:.3f}") if evaluated else ", not evaluated yet"
+        lines.append(f"training: epoch {int(rows[-1]['epoch'])} of {config.get('epochs', '?')}{score}")
     else:
         lines.append("no epoch finished yet")
     return "\n".join(lines)

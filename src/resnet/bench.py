@@ -41,7 +41,7 @@ from resnet.data import ImageFiles, cache_dir, classic_loader, decode, flowers10
 from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
 from resnet.model import get_model
-from resnet.train import FastTrainBatches, TrainStep, augment_spec, generator_for
+from resnet.train import FUSED_OPTIMIZER_DEVICES, FastTrainBatches, TrainStep, augment_spec, generator_for
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
@@ -167,13 +167,16 @@ def median(values: list[float]) -> float:
 
 
 class Trainer:
-    """A model and its SGD optimizer, one training step at a time (training's own step)."""
+    """A model and its SGD optimizer, one training step at a time (training's own step).
+    ``fused``: training's fused SGD update where the device has one (the tutorial's is the
+    default per-tensor loop)."""
 
     def __init__(self, arch: str, num_classes: int, device: torch.device, dtype: torch.dtype | None,
-                 memory_format: torch.memory_format, seed: int, compile: bool = False) -> None:
+                 memory_format: torch.memory_format, seed: int, compile: bool = False, fused: bool = True) -> None:
         torch.manual_seed(seed)
         model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM)
+        optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM,
+                                    fused=fused and device.type in FUSED_OPTIMIZER_DEVICES)
         # As training's --compile does: the model compiled, the step around it the same.
         self.train_step = TrainStep(torch.compile(model) if compile else model, optimizer, device, dtype,
                                     memory_format)
@@ -329,7 +332,7 @@ def end_to_end_rounds(options: BenchOptions, pipelines: Pipelines, num_classes: 
                       ours_dtype: torch.dtype | None) -> dict[str, list[float]]:
     """1. Real training steps fed by each pipeline, in rounds alternating between the two."""
     device = pipelines.device
-    tutorial = Trainer(options.arch, num_classes, device, None, torch.contiguous_format, options.seed)
+    tutorial = Trainer(options.arch, num_classes, device, None, torch.contiguous_format, options.seed, fused=False)
     ours = Trainer(options.arch, num_classes, device, ours_dtype, torch.channels_last, options.seed)
     e2e: dict[str, list[float]] = {"tutorial": [], "ours": []}
     for r in range(options.rounds):

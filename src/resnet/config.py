@@ -42,6 +42,7 @@ class TrainConfig:
     recipe: str = option("default", "default (ours) | fast (ours, shorter, progressive resizing) | "
                                     "tutorial (the tutorial's, exactly)")
     epochs: int = option(40, "training epochs")
+    eval_every: int = option(1, "evaluate after every N epochs, and always after the last")
     batch_size: int = option(16, "images per optimizer step (the global batch under torchrun)")
     image_size: int = option(112, "training crop side, pixels (with --min-image-size: the final one)")
     min_image_size: int | None = option(
@@ -108,6 +109,11 @@ class TrainConfig:
             return self.image_size
         size = self.min_image_size + (self.image_size - self.min_image_size) * epoch / full_at
         return max(32, int(size // 16) * 16)  # rounded down: the full size comes only at full_at
+
+    def evaluates_after(self, epoch: int) -> bool:
+        """Whether 0-based ``epoch`` ends with an evaluation: every ``eval_every``-th does,
+        and the last always does, so a run's final score is never missing."""
+        return (epoch + 1) % self.eval_every == 0 or epoch + 1 == self.epochs
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, allow_nan=False)
@@ -209,7 +215,7 @@ def validate(config: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ResnetError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "eval_every"):
         if getattr(config, name) < 1:
             raise ResnetError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     check_ranges(config)
@@ -279,7 +285,7 @@ def load_config(run_dir: Path) -> TrainConfig:
 # What may change when a run is resumed: how long it goes on, and where and how it runs,
 # but nothing that changes what it computes on the way (so a resumed run still ends
 # where an uninterrupted one with the same options does).
-RESUMABLE = ("epochs", "quiet", "device", "workers", "compile")
+RESUMABLE = ("epochs", "eval_every", "quiet", "device", "workers", "compile")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:

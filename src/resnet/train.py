@@ -91,11 +91,18 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay)
+    # One fused kernel per update instead of five passes over every weight: at batch 16
+    # and 64 px, the unfused SGD update alone was a quarter of the CPU step.
+    fused = next(model.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
     if config.optimizer == "adamw":
         # AdamW's decay is decoupled (scaled by the lr, not by the gradient statistics).
-        return torch.optim.AdamW(groups, lr=config.lr)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0)
+                           nesterov=config.nesterov and config.momentum > 0, fused=fused)
+
+
+# Where torch (>= 2.4) has fused SGD and AdamW kernels; elsewhere the default loop runs.
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
 
 
 def group_learning_rate(config: TrainConfig, lr: float, head: bool, epoch: int) -> float:
@@ -438,8 +445,8 @@ class Run:
         with StopRequest() as stop:
             while self.state.epoch < self.config.epochs:
                 trained = self.train_one_epoch(stop)
-                metrics = self.validate(self.splits.eval, self.eval_data)
-                self.end_epoch(trained, metrics)
+                evaluates = self.config.evaluates_after(self.state.epoch)
+                self.end_epoch(trained, self.validate(self.splits.eval, self.eval_data) if evaluates else None)
         return self.finish()
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
@@ -533,28 +540,35 @@ class Run:
         logits, labels = predict_logits(self.eval_model, batches, self.device, self.dtype, self.topology)
         return classification_metrics(logits, labels)
 
-    def end_epoch(self, trained: dict[str, float], metrics: dict[str, float]) -> None:
-        """Record the epoch: the metrics row, last.pt (and best.pt), metrics.csv, curves.png."""
+    def end_epoch(self, trained: dict[str, float], metrics: dict[str, float] | None) -> None:
+        """Record the epoch: the metrics row (with evaluation columns when it evaluated),
+        last.pt (and best.pt), metrics.csv, curves.png."""
         state = self.state
-        row = {"epoch": state.epoch + 1, "train_loss": trained["train_loss"], "eval_loss": metrics["loss"],
-               "top1": metrics["top1"], "top5": metrics["top5"], "lr": trained["lr"],
+        row = {"epoch": state.epoch + 1, "train_loss": trained["train_loss"], "lr": trained["lr"],
                "images_per_s": trained["images_per_s"], "seconds": time.perf_counter() - self.epoch_start,
                "train_size": self.config.image_size_at(state.epoch)}
+        if metrics is not None:
+            row.update(eval_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"])
         state.history.append(row)
         state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
-        improved = row["top1"] > state.best_top1
-        state.best_top1 = max(state.best_top1, row["top1"])
+        improved = metrics is not None and row["top1"] > state.best_top1
+        state.best_top1 = max(state.best_top1, row.get("top1", -1.0))
         self.save_checkpoint("last.pt")
         if improved:
             self.save_checkpoint("best.pt")
         if self.main:
             write_metrics_csv(state.history, self.run_dir / "metrics.csv")
             plot_curves(state.history, self.run_dir / "curves.png", f"{self.config.arch} on {self.config.dataset}")
+            tqdm.write(self.epoch_line(row), file=sys.stdout)
+
+    def epoch_line(self, row: dict[str, Any]) -> str:
+        line = f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f}  "
+        if "top1" in row:
             k = top_k(len(self.splits.classes))
-            tqdm.write(f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f}  "
-                       f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
-                       f"top-{k} {100 * row['top5']:5.2f}%  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
-                       f"{row['seconds']:.1f}s  {row['train_size']} px", file=sys.stdout)
+            line += (f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
+                     f"top-{k} {100 * row['top5']:5.2f}%  ")
+        return line + (f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s  "
+                       f"{row['train_size']} px")
 
     # --- finish ---
 
@@ -585,7 +599,7 @@ class Run:
             "final_top1": history[-1]["top1"],
             "final_top5": history[-1]["top5"],
             "best_top1": self.state.best_top1,
-            "best_epoch": 1 + max(range(len(history)), key=lambda i: history[i]["top1"]),
+            "best_epoch": max((row for row in history if "top1" in row), key=lambda row: row["top1"])["epoch"],
             "seconds": sum(row["seconds"] for row in history),
             "seconds_this_session": time.perf_counter() - self.started,
             "skipped_files": splits.skipped,
