@@ -47,7 +47,7 @@ def test_tutorial_recipe_is_the_tutorials():
     assert (config.arch, config.lr, config.momentum, config.weight_decay) == ("resnet34", 0.02, 0.9, 0.0)
     assert (config.batch_size, config.epochs, config.seed, config.image_size) == (256, 500, 0, 224)
     assert (config.schedule, config.label_smoothing, config.nesterov, config.warmup_epochs) == ("constant", 0, False, 0)
-    assert (config.ema_decay, config.tta) == (0, False)
+    assert (config.ema_decay, config.tta, config.resolved_eval_every()) == (0, False, 1)
     mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
     tutorial_train = T.Compose([
         T.RandomRotation(30), T.RandomResizedCrop((224, 224)), T.RandomHorizontalFlip(p=0.5),
@@ -352,6 +352,8 @@ def test_eval_every_evaluates_every_nth_epoch_and_always_the_last(folder, tmp_pa
     assert load_checkpoint(run_dir / "best.pt")["state"]["epoch"] == summary["best_epoch"]
     config = resolve_config({"epochs": 7, "eval_every": 3})
     assert [e + 1 for e in range(7) if config.evaluates_after(e)] == [3, 6, 7]
+    # Unless given: about ten evaluations a run, and every epoch of a short one.
+    assert [resolve_config({"epochs": n}).resolved_eval_every() for n in (2, 9, 36, 40, 75)] == [1, 1, 4, 4, 8]
 
 
 def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
@@ -362,8 +364,27 @@ def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
     assert all(s % 16 == 0 and 32 <= s <= 112 for s in sizes) and len(set(sizes)) > 2
     assert resolve_config({"image_size": 56, "min_image_size": 40, "epochs": 4}).image_size_at(0) == 32  # rounded down
     assert resolve_config({"image_size": 56, "min_image_size": 40, "epochs": 4}).image_size_at(3) == 56
-    assert {resolve_config({"image_size": 112, "epochs": 5}).image_size_at(e) for e in range(5)} == {112}  # off
+    assert {resolve_config({"image_size": 112, "epochs": 5, "min_image_size": 112}).image_size_at(e)
+            for e in range(5)} == {112}  # off
     assert resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 1}).image_size_at(0) == 112
+
+
+def test_the_ramp_can_start_late():
+    config = resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 42, "progressive_from": 0.6,
+                             "progressive_until": 0.88})
+    sizes = [config.image_size_at(epoch) for epoch in range(42)]
+    assert sizes == [64] * 29 + [80] * 4 + [96] * 3 + [112] * 6
+    with pytest.raises(ResnetError, match="--progressive-from must be at least 0 and below"):
+        resolve_config({"progressive_from": 0.9, "progressive_until": 0.8})
+
+
+def test_our_recipes_start_at_four_sevenths_of_the_size_unless_told():
+    assert resolve_config({"dataset": "flowers102", "image_size": 112}).min_image_size == 64
+    assert resolve_config({"dataset": "imagefolder"}).min_image_size == 128  # 224 px
+    assert resolve_config({"dataset": "flowers102", "recipe": "fast", "image_size": 64}).min_image_size == 32
+    assert resolve_config({"dataset": "flowers102", "min_image_size": 96}).min_image_size == 96
+    assert resolve_config({"dataset": "petals"}).min_image_size is None  # 56 px: one size
+    assert resolve_config({"dataset": "flowers102", "recipe": "tutorial"}).min_image_size is None
 
 
 def test_fast_recipe_is_the_default_with_progressive_resizing():

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Time to accuracy on Flowers-102 (issue 12): one of the issue's two commands, the whole command
+# timed with a cold decode cache, then its outputs copied to benchmarks/results/<name>/ with
+# output.txt (the CPU, the command, its epoch lines and `time`). Run it with the machine to
+# itself: on 2 cores a second training (or the test suite) slows both by up to 4x.
+# Usage: benchmarks/time_to_accuracy.sh fast|default NAME [DATA_DIR] [extra resnet train options]
+#   fast:    resnet train --dataset flowers102 --arch resnet18 --image-size 112 --recipe fast
+#   default: resnet train --dataset flowers102 --arch resnet18 --image-size 112
+set -euo pipefail
+cd "$(dirname "$0")/.."
+recipe=$1 name=$2 data=${3:-../shared/data}
+shift $(( $# < 3 ? $# : 3 ))
+resnet=${RESNET:-$([ -x .venv/bin/resnet ] && echo .venv/bin/resnet || echo resnet)}
+cache=$(mktemp -d)  # cold: the decode is part of the time
+trap 'rm -rf "$cache"' EXIT
+run=runs/$name
+results=benchmarks/results/$name
+mkdir -p "$results"
+command=("$resnet" train --dataset flowers102 --data-dir "$data" --arch resnet18 --image-size 112
+         --recipe "$recipe" --out "$run" --quiet "$@")
+{
+    lscpu | grep 'Model name' || true
+    date -u
+    echo "command: ${command[*]}"
+    time RESNET_CACHE=$cache "${command[@]}"
+    date -u
+} 2>&1 | tee "$results/output.txt"
+cp "$run"/{config.json,metrics.csv,summary.json,curves.png} "$results/"
