@@ -387,18 +387,17 @@ def test_our_recipes_start_at_four_sevenths_of_the_size_unless_told():
     assert resolve_config({"dataset": "flowers102", "recipe": "tutorial"}).min_image_size is None
 
 
-def test_fast_recipe_is_the_default_with_progressive_resizing():
-    config = resolve_config({"recipe": "fast", "dataset": "flowers102"})
+def test_fast_recipe_is_the_default_recipe_shorter():
+    fast = resolve_config({"recipe": "fast", "dataset": "flowers102"})
     default = resolve_config({"dataset": "flowers102"})
-    assert (config.epochs, config.min_image_size, config.progressive_until, config.image_size) == (24, 64, 0.75, 112)
-    assert config.lr == default.lr and default.min_image_size is None
+    assert (fast.epochs, fast.resolved_eval_every(), fast.image_size, fast.min_image_size) == (36, 4, 112, 64)
+    assert fast.epochs < default.epochs
+    same = ("batch_size", "lr", "min_image_size", "progressive_from", "progressive_until", "weight_decay", "rotation")
+    assert {name: getattr(fast, name) for name in same} == {name: getattr(default, name) for name in same}
     petals = resolve_config({"recipe": "fast", "dataset": "petals"})
-    # The preset does not undo the recipe; the recipe's smallest crop is capped at petals' 56 px.
-    assert (petals.epochs, petals.image_size, petals.min_image_size) == (24, 56, 56)
-    with pytest.raises(ResnetError, match="--min-image-size must be in"):
-        resolve_config({"recipe": "fast", "dataset": "petals", "min_image_size": 64})  # given: an error
+    assert (petals.epochs, petals.image_size, petals.min_image_size) == (36, 56, None)  # the preset keeps one size
     given = resolve_config({"recipe": "fast", "dataset": "flowers102", "epochs": 5, "min_image_size": 96,
-                            "progressive_until": 0.5})
+                            "progressive_until": 0.5, "progressive_from": 0.0})
     assert (given.epochs, given.min_image_size, given.progressive_until) == (5, 96, 0.5)
 
 
