@@ -366,6 +366,8 @@ def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
     assert resolve_config({"image_size": 56, "min_image_size": 40, "epochs": 4}).image_size_at(3) == 56
     assert {resolve_config({"image_size": 112, "epochs": 5, "min_image_size": 112}).image_size_at(e)
             for e in range(5)} == {112}  # off
+    assert {resolve_config({"image_size": 100, "min_image_size": 100, "epochs": 5}).image_size_at(e)
+            for e in range(5)} == {100}  # one size, though not a multiple of 16
     assert resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 1}).image_size_at(0) == 112
 
 
@@ -591,7 +593,7 @@ def fake_run(run_dir: Path, config_text: str | None = None) -> Path:
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["--lr", "0.5"], "--lr cannot change on resume (the run has 0.025)"),
+        (["--lr", "0.5"], "--lr cannot change on resume (the run has 0.05)"),
         (["--arch", "resnet34"], "--arch cannot change on resume"),
         (["--epochs", "-5"], "--epochs must be at least 1, got -5"),
         (["--workers", "-1"], "--workers must be at least 0, got -1"),
