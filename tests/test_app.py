@@ -82,6 +82,23 @@ def test_a_live_run_shows_its_progress_and_its_curves_grow(tiny_run, tmp_path):
     assert first != second and Image.open(second).size[0] > 300  # redrawn as the epoch landed
 
 
+def test_a_live_run_between_evaluations_shows_the_last_one(tiny_run, tmp_path):
+    run = tmp_path / "live"
+    run.mkdir()
+    shutil.copy(tiny_run["dir"] / "config.json", run)
+    header, row = (tiny_run["dir"] / "metrics.csv").read_text().splitlines()[:2]
+    columns = header.split(",")
+    unevaluated = ",".join("" if name in ("eval_loss", "top1", "top5") else value
+                           for name, value in zip(columns, row.split(",")))
+    (run / "metrics.csv").write_text(f"{header}\n{unevaluated}\n")  # --eval-every: no score yet
+    assert "training: epoch 1 of" in run_brief(run) and "not evaluated yet" in run_brief(run)
+    assert curves_png(run, tmp_path) is not None
+    second = unevaluated.replace(unevaluated.split(",")[0], "2", 1)
+    (run / "metrics.csv").write_text(f"{header}\n{row}\n{second}\n")
+    top1 = 100 * float(row.split(",")[columns.index("top1")])
+    assert "training: epoch 2 of" in run_brief(run) and f"top-1 {top1:.2f}% after epoch 1" in run_brief(run)
+
+
 def test_eval_views_after_resnet_eval(tiny_run, tmp_path):
     out = tmp_path / "evaluated"
     assert eval_views(out)["confusion"] is None
