@@ -83,8 +83,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
             p.add_argument(flag(f.name), choices=list_models(), default=None, help=text)
         else:
             p.add_argument(flag(f.name), type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
-                           help=text,
-                           metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
+                           help=text, metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
     p.set_defaults(run=run_train)
 
 

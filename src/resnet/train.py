@@ -552,7 +552,8 @@ class Run:
         state.history.append(row)
         state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
         improved = metrics is not None and row["top1"] > state.best_top1
-        state.best_top1 = max(state.best_top1, row.get("top1", -1.0))
+        if improved:
+            state.best_top1 = row["top1"]
         self.save_checkpoint("last.pt")
         if improved:
             self.save_checkpoint("best.pt")
