@@ -62,7 +62,8 @@ def test_tutorial_recipe_is_the_tutorials():
 def test_petals_evaluate_at_their_size_unless_the_image_size_is_given():
     assert resolve_config({"dataset": "petals"}).resolved_eval_image_size() == 64
     assert resolve_config({"dataset": "petals", "image_size": 112}).resolved_eval_image_size() == 160
-    assert resolve_config({"dataset": "petals", "image_size": 112, "eval_image_size": 96}).resolved_eval_image_size() == 96
+    given = resolve_config({"dataset": "petals", "image_size": 112, "eval_image_size": 96})
+    assert given.resolved_eval_image_size() == 96
 
 
 def test_command_line_overrides_the_recipe():
@@ -206,7 +207,8 @@ def make_fake_flowers(root: Path, monkeypatch, per_class: int = 4, classes: int 
     labels = np.repeat(np.arange(1, classes + 1), per_class)
     rng = np.random.default_rng(0)
     for image_id in range(1, n + 1):
-        Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(base / "jpg" / f"image_{image_id:05d}.jpg")
+        pixels = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(base / "jpg" / f"image_{image_id:05d}.jpg")
     ids = np.arange(1, n + 1).reshape(classes, per_class)
     scipy.io.savemat(base / "imagelabels.mat", {"labels": labels})
     scipy.io.savemat(base / "setid.mat", {"trnid": ids[:, 0], "valid": ids[:, 1], "tstid": ids[:, 2:].ravel()})
@@ -218,7 +220,8 @@ def make_fake_flowers(root: Path, monkeypatch, per_class: int = 4, classes: int 
 def test_flowers102_splits(tmp_path, monkeypatch):
     root = make_fake_flowers(tmp_path / "data", monkeypatch)
     tutorial = load_splits("flowers102", str(root), split="tutorial")
-    assert (len(tutorial.train), len(tutorial.eval), tutorial.test) == (6, 3, None)  # trains on "test", evaluates on "train"
+    # The tutorial's split trains on "test" and evaluates on "train".
+    assert (len(tutorial.train), len(tutorial.eval), tutorial.test) == (6, 3, None)
     assert tutorial.classes[:2] == ["pink primrose", "hard-leaved pocket orchid"] and len(tutorial.classes) == 102
     # setid.mat's ids: per class of 4, the 1st is "train", the 2nd "val", the 3rd and 4th "test".
     assert sorted(p.name for p in tutorial.train.paths) == [f"image_{i:05d}.jpg" for i in (3, 4, 7, 8, 11, 12)]
@@ -701,7 +704,7 @@ def test_fused_optimizer_updates_as_the_per_tensor_loop_does(name, monkeypatch):
                                 torch.nn.Linear(4 * 6 * 6, 2))
     loop_model = copy.deepcopy(model)
     fused = train_module.build_optimizer(config, model)
-    monkeypatch.setattr(train_module, "FUSED_OPTIMIZER_DEVICES", ())
+    monkeypatch.setattr(train_module, "has_fused_optimizer", lambda device: False)
     loop = train_module.build_optimizer(config, loop_model)
     assert fused.defaults["fused"] and not loop.defaults["fused"]
     x = torch.randn(5, 3, 8, 8)

@@ -1,7 +1,7 @@
 """``resnet serve``: a local web app to try a trained model and look at its runs.
 
 Two tabs. **Classify**: images in, the top-5 classes with probabilities and a Grad-CAM
-overlay out; the probabilities come from ``resnet.predict.predict_files`` (through
+overlay out; the probabilities come from ``resnet.predict``'s decoding and ranking (through
 ``resnet.explain.explain_image``), so a file gets exactly what ``resnet predict`` prints.
 **Runs**: each run's config, headline metrics, learning curves (re-read from
 ``metrics.csv`` every few seconds, so a run still training updates as epochs land),
@@ -82,6 +82,8 @@ CONFIG_BRIEF = ("dataset", "arch", "weights", "epochs", "image_size", "eval_imag
 
 def run_brief(run: Path) -> str:
     """Markdown: the config in brief and the headline metrics (or the progress of a live run)."""
+    from resnet.plots import evaluated
+
     config, summary, rows = read_json(run / "config.json"), read_json(run / "summary.json"), read_metrics(run)
     lines = [f"### {run.name}", "", " · ".join(f"**{k}** {config[k]}" for k in CONFIG_BRIEF
                                               if config.get(k) is not None), ""]
@@ -92,9 +94,9 @@ def run_brief(run: Path) -> str:
         if "test_top1" in summary:
             lines.append(f"; test top-1 **{100 * summary['test_top1']:.2f}%**")
     elif rows:
-        evaluated = [row for row in rows if "top1" in row]  # with --eval-every, not every epoch
-        score = (f", top-1 {100 * evaluated[-1]['top1']:.2f}% after epoch {int(evaluated[-1]['epoch'])}, "
-                 f"eval loss {evaluated[-1]['eval_loss']:.3f}") if evaluated else ", not evaluated yet"
+        scored = evaluated(rows)
+        score = (f", top-1 {100 * scored[-1]['top1']:.2f}% after epoch {int(scored[-1]['epoch'])}, "
+                 f"eval loss {scored[-1]['eval_loss']:.3f}") if scored else ", not evaluated yet"
         lines.append(f"training: epoch {int(rows[-1]['epoch'])} of {config.get('epochs', '?')}{score}")
     else:
         lines.append("no epoch finished yet")

@@ -36,8 +36,8 @@ class AugmentSpec:
 # --- the tutorial's transforms (the classic per-image pipeline) ---------------
 
 
-def classic_train_transform(spec: AugmentSpec, image_size: int,
-                            mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> T.Compose:
+def classic_train_transform(spec: AugmentSpec, image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN,
+                            std: tuple[float, ...] = IMAGENET_STD) -> T.Compose:
     steps: list = []
     if spec.rotation:
         steps.append(T.RandomRotation(spec.rotation))

@@ -41,7 +41,7 @@ from resnet.data import ImageFiles, cache_dir, classic_loader, decode, flowers10
 from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
 from resnet.model import get_model
-from resnet.train import FUSED_OPTIMIZER_DEVICES, FastTrainBatches, TrainStep, augment_spec, generator_for
+from resnet.train import FastTrainBatches, TrainStep, augment_spec, generator_for, has_fused_optimizer
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
@@ -176,7 +176,7 @@ class Trainer:
         torch.manual_seed(seed)
         model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
         optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM,
-                                    fused=fused and device.type in FUSED_OPTIMIZER_DEVICES)
+                                    fused=fused and has_fused_optimizer(device))
         # As training's --compile does: the model compiled, the step around it the same.
         self.train_step = TrainStep(torch.compile(model) if compile else model, optimizer, device, dtype,
                                     memory_format)

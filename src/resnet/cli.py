@@ -120,7 +120,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", choices=("eval", "test", "train", "all"), default="eval",
                    help="which images of the split to score (default eval: the run's validation images; "
                         "all: every image, e.g. a separate test folder)")
-    p.add_argument("--out", default=None, metavar="DIR", help="where the PNG and CSV go (default: the checkpoint's folder)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="where the PNG and CSV go (default: the checkpoint's folder)")
     p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
                    help="evaluation resize (default: the run's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,

@@ -168,8 +168,9 @@ def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
                 ds = Flowers102(root=str(root), split=name, download=True)
             except Exception as error:  # offline: urllib / socket errors of many kinds
                 raise ResnetError(
-                    f"Flowers-102 is not in {root / 'flowers-102'} and could not be downloaded ({type(error).__name__}); "
-                    "download it once (online) or pass --data-dir pointing at a folder that holds flowers-102/") from None
+                    f"Flowers-102 is not in {root / 'flowers-102'} and could not be downloaded "
+                    f"({type(error).__name__}); download it once (online) or pass --data-dir pointing at a folder "
+                    "that holds flowers-102/") from None
         # torchvision keeps the file list privately; reading it lets the cache key on the files.
         return ImageFiles(ds._image_files, ds._labels)
 

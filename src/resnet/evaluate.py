@@ -147,7 +147,8 @@ def relabel(source: Source, dataset_classes: list[str], model_classes: list[str]
     unknown = [name for name in dataset_classes if name not in index]
     if unknown:
         raise ResnetError(f"the dataset has {len(unknown)} class(es) the checkpoint does not know, e.g. "
-                          f"{', '.join(repr(u) for u in unknown[:3])} (the checkpoint has {len(model_classes)} classes)")
+                          f"{', '.join(repr(u) for u in unknown[:3])} "
+                          f"(the checkpoint has {len(model_classes)} classes)")
     mapping = np.array([index[name] for name in dataset_classes], dtype=np.int64)
     if isinstance(source, ImageFiles):
         return ImageFiles(source.paths, [int(mapping[label]) for label in source.labels])

@@ -105,23 +105,23 @@ class Explanation:
 
 def explain_image(model: nn.Module, checkpoint: dict[str, Any], path: str | os.PathLike, class_name: str | None = None,
                   layer: str = "layer4", top_k: int = 5, device: torch.device | str = "cpu") -> Explanation:
-    """Top-k probabilities (through ``predict_files``, so exactly ``resnet predict``'s) and
-    the Grad-CAM overlay of ``class_name`` (default: the top class). An unreadable image
-    is a ResnetError."""
+    """Top-k probabilities (``resnet predict``'s: the same decoding and ``rank_classes``) and
+    the Grad-CAM overlay of ``class_name`` (default: the top class), from one decoding of
+    the file. An unreadable image is a ResnetError."""
     from resnet.augment import Normalize
-    from resnet.predict import load_image, predict_files
+    from resnet.predict import describe_error, load_image, rank_classes
 
-    classes = checkpoint["classes"]
-    prediction = next(predict_files(model, checkpoint, [path], top_k=len(classes), device=device))
-    if prediction.error is not None:
-        raise ResnetError(f"{path}: {prediction.error}")
-    probabilities = dict(prediction.top)
-    target = classes[class_index(classes, class_name, classes.index(prediction.top[0][0]))]
-    norm = checkpoint["normalization"]
-    image = load_image(path, norm["image_size"])
-    normalized = Normalize(tuple(norm["mean"]), tuple(norm["std"]))(image[None])[0]
-    cam = grad_cam(model, normalized, classes.index(target), layer)
-    return Explanation(str(path), prediction.top[:top_k], target, probabilities[target], cam, overlay(image, cam))
+    classes, norm = checkpoint["classes"], checkpoint["normalization"]
+    try:
+        image = load_image(path, norm["image_size"])
+    except Exception as error:  # not an image, truncated, unreadable
+        raise ResnetError(f"{path}: {describe_error(error)}") from None
+    normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
+    normalized = normalize(image[None].to(device))
+    top = rank_classes(model.eval().to(device), normalized, classes, len(classes))[0]
+    target = classes[class_index(classes, class_name, classes.index(top[0][0]))]
+    cam = grad_cam(model, normalized[0], classes.index(target), layer)
+    return Explanation(str(path), top[:top_k], target, dict(top)[target], cam, overlay(image, cam))
 
 
 @labels_in_any_script()

@@ -35,18 +35,24 @@ def labels_in_any_script() -> Iterator[None]:
         yield
 
 
+def evaluated(history: list[dict]) -> list[dict]:
+    """The metrics rows of the epochs that ended with an evaluation: every epoch, or every
+    ``--eval-every``-th and the last (the others have no evaluation columns)."""
+    return [row for row in history if "top1" in row]
+
+
 @labels_in_any_script()
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     """Loss (train and eval) and accuracy (top-1, top-5) per epoch, side by side."""
-    evaluated = [row for row in history if "top1" in row]  # every epoch, or every --eval-every
-    eval_epochs = [row["epoch"] for row in evaluated]
-    marker = "o" if len(evaluated) < len(history) else None
+    scored = evaluated(history)
+    eval_epochs = [row["epoch"] for row in scored]
+    marker = "o" if len(scored) < len(history) else None
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     loss_ax.plot([row["epoch"] for row in history], [row["train_loss"] for row in history], label="train")
-    loss_ax.plot(eval_epochs, [row["eval_loss"] for row in evaluated], label="eval", marker=marker)
+    loss_ax.plot(eval_epochs, [row["eval_loss"] for row in scored], label="eval", marker=marker)
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
-    acc_ax.plot(eval_epochs, [100 * row["top1"] for row in evaluated], label="top-1", marker=marker)
-    acc_ax.plot(eval_epochs, [100 * row["top5"] for row in evaluated], label="top-5", marker=marker)
+    acc_ax.plot(eval_epochs, [100 * row["top1"] for row in scored], label="top-1", marker=marker)
+    acc_ax.plot(eval_epochs, [100 * row["top5"] for row in scored], label="top-5", marker=marker)
     acc_ax.set(xlabel="epoch", ylabel="eval accuracy (%)", title="accuracy", ylim=(0, 100))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)

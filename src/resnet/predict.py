@@ -70,19 +70,27 @@ def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence
                 try:
                     images.append(load_image(path, norm["image_size"]))
                 except Exception as error:  # not an image, truncated, unreadable: report and go on
-                    problem = _one_line(error)
+                    problem = describe_error(error)
             chunk.append(Prediction(path, error=problem))
         if images:
-            with torch.no_grad():
-                logits = model(normalize(torch.stack(images).to(device))).float()
-            probabilities, indices = logits.softmax(1).topk(k, dim=1)
             good = (p for p in chunk if p.error is None)
-            for prediction, row_p, row_i in zip(good, probabilities.tolist(), indices.tolist()):
-                prediction.top = [(classes[i], p) for i, p in zip(row_i, row_p)]
+            batch = normalize(torch.stack(images).to(device))
+            for prediction, top in zip(good, rank_classes(model, batch, classes, k)):
+                prediction.top = top
         yield from chunk
 
 
-def _one_line(error: BaseException) -> str:
+def rank_classes(model: nn.Module, batch: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable (class, probability) of each normalized image in ``batch``, best first."""
+    with torch.no_grad():
+        logits = model(batch).float()
+    probabilities, indices = logits.softmax(1).topk(k, dim=1)
+    return [[(classes[i], p) for i, p in zip(row_i, row_p)]
+            for row_p, row_i in zip(probabilities.tolist(), indices.tolist())]
+
+
+def describe_error(error: BaseException) -> str:
+    """Why a file could not be read, on one line: the exception's type and first line."""
     text = str(error).strip()
     text = text.splitlines()[0] if text else ""
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__

@@ -49,7 +49,7 @@ from resnet.evaluate import (
 )
 from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
 from resnet.model import FlipTTA, ResNet, get_model
-from resnet.plots import plot_curves
+from resnet.plots import evaluated, plot_curves
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
                   "train_size")
@@ -93,7 +93,7 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
     groups = parameter_groups(model, config.weight_decay)
     # One fused kernel per update instead of five passes over every weight: at batch 16
     # and 64 px, the per-tensor SGD update was a fifth to a quarter of the CPU step.
-    fused = next(model.parameters()).device.type in FUSED_OPTIMIZER_DEVICES
+    fused = has_fused_optimizer(next(model.parameters()).device)
     if config.optimizer == "adamw":
         # AdamW's decay is decoupled (scaled by the lr, not by the gradient statistics).
         return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
@@ -101,8 +101,9 @@ def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimi
                            nesterov=config.nesterov and config.momentum > 0, fused=fused)
 
 
-# Where torch (>= 2.4) has fused SGD and AdamW kernels; elsewhere the default loop runs.
-FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+def has_fused_optimizer(device: torch.device) -> bool:
+    """Whether torch (>= 2.4) has fused SGD and AdamW kernels there; elsewhere the default loop runs."""
+    return device.type in ("cpu", "cuda")
 
 
 def group_learning_rate(config: TrainConfig, lr: float, head: bool, epoch: int) -> float:
@@ -600,7 +601,7 @@ class Run:
             "final_top1": history[-1]["top1"],
             "final_top5": history[-1]["top5"],
             "best_top1": self.state.best_top1,
-            "best_epoch": max((row for row in history if "top1" in row), key=lambda row: row["top1"])["epoch"],
+            "best_epoch": max(evaluated(history), key=lambda row: row["top1"])["epoch"],
             "seconds": sum(row["seconds"] for row in history),
             "seconds_this_session": time.perf_counter() - self.started,
             "skipped_files": splits.skipped,
