@@ -374,25 +374,6 @@ def test_image_size_schedule_grows_to_the_full_size_by_the_fraction():
     assert resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 1}).image_size_at(0) == 112
 
 
-def test_progressive_batch_keeps_about_the_pixels_of_a_final_step():
-    config = resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 40, "batch_size": 16,
-                             "progressive_batch": True})
-    pairs = {(config.image_size_at(e), config.batch_size_at(e)) for e in range(40)}
-    assert pairs == {(64, 48), (80, 32), (96, 16), (112, 16)}  # (112/s)^2: 3.06, 1.96, 1.36, 1
-    assert {resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 40, "batch_size": 16}
-                           ).batch_size_at(e) for e in range(40)} == {16}  # off unless asked
-
-
-def test_the_learning_rate_scales_with_the_epochs_batch():
-    base = {"image_size": 112, "min_image_size": 64, "epochs": 10, "batch_size": 16, "lr": 0.1,
-            "warmup_epochs": 0, "schedule": "constant"}
-    grown, fixed = resolve_config({**base, "progressive_batch": True}), resolve_config(base)
-    assert grown.batch_size_at(0) == 48
-    assert train_module.learning_rate(grown, 0, 0, 100) == pytest.approx(0.3)
-    assert train_module.learning_rate(fixed, 0, 0, 100) == pytest.approx(0.1)
-    assert train_module.learning_rate(grown, 9, 0, 100) == pytest.approx(0.1)  # the final size: the given lr
-
-
 def test_the_ramp_can_start_late():
     config = resolve_config({"image_size": 112, "min_image_size": 64, "epochs": 42, "progressive_from": 0.6,
                              "progressive_until": 0.88})
@@ -446,19 +427,16 @@ def interrupt_at(monkeypatch, global_step: int, exception: type[BaseException] |
 PROGRESSIVE = ["--image-size", "64", "--min-image-size", "32", "--progressive-until", "1"]  # 32, 48, 64 px
 
 
-# The batch at 32 / 48 / 64 px with --progressive-batch: 16, 8, 4 (steps: 1, 2, 4).
-@pytest.mark.parametrize("how, extra, stop", [("ctrl-c", [], 4 + 1), ("kill", [], 4 + 1),
-                                              ("ctrl-c", PROGRESSIVE, 4 + 1),
-                                              ("ctrl-c", [*PROGRESSIVE, "--progressive-batch"], 1 + 1)],
-                         ids=["ctrl-c", "kill", "progressive", "progressive-batch"])
-def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how, extra, stop):
+@pytest.mark.parametrize("how, extra", [("ctrl-c", []), ("kill", []), ("ctrl-c", PROGRESSIVE)],
+                         ids=["ctrl-c", "kill", "progressive"])
+def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how, extra):
     args = ["--dataset", "imagefolder", "--data-dir", str(folder), "--lr", "0.05", *TINY,
             "--epochs", "3", "--ema-decay", "0.9", *extra]
     assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
 
     with monkeypatch.context() as patch:
         # 15 training images in batches of 4: 4 steps an epoch; stop after epoch 2's second step.
-        interrupt_at(patch, stop, exception=None if how == "ctrl-c" else Kill)
+        interrupt_at(patch, 4 + 1, exception=None if how == "ctrl-c" else Kill)
         if how == "ctrl-c":
             assert main(["train", *args, "--out", str(tmp_path / "cut")]) == 130
         else:
@@ -679,7 +657,7 @@ def test_truncated_checkpoint_message_is_a_whole_sentence(tmp_path):
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
     config = resolve_config({"lr": 0.1, "warmup_epochs": 1, "epochs": 11})
-    lrs = [train_module.learning_rate(config, step // 10, step % 10, 10) for step in range(110)]
+    lrs = [train_module.learning_rate(config, step, 10) for step in range(110)]
     assert lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
     assert lrs[60] == pytest.approx(0.05, rel=0.02)
     assert lrs[-1] < 0.001 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))

@@ -53,9 +53,6 @@ class TrainConfig:
                                           "--min-image-size before the crop starts to grow")
     progressive_until: float = option(0.85, "progressive resizing: fraction of the epochs by which the crop "
                                             "reaches --image-size")
-    progressive_batch: bool = option(
-        False, "progressive resizing: at a smaller crop the batch is the whole multiple of --batch-size "
-               "nearest the ratio of the areas (about the pixels of a final step), the lr scaled with it")
     eval_image_size: int | None = option(
         None, "evaluation resize (default: image size * 10/7, FixRes; petals at their preset 56: 64)")
     cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
@@ -119,19 +116,6 @@ class TrainConfig:
         grown = max(0, epoch - ramp_at) / max(1, full_at - ramp_at)
         size = self.min_image_size + (self.image_size - self.min_image_size) * grown
         return max(32, int(size // 16) * 16)  # rounded down: the full size comes only at full_at
-
-    def batch_size_at(self, epoch: int) -> int:
-        """The batch of 0-based ``epoch``: ``batch_size``, or with ``progressive_batch`` the
-        whole multiple of it nearest (final size / this epoch's size) squared.
-
-        A step's fixed costs (the weights' casts and layouts, the update, layer4's weight
-        gradients) do not shrink with the image: at 64 px a batch of 48 runs more images per
-        second than one of 16, which at 112 px costs about what a batch of 32 does. A whole
-        multiple keeps every batch divisible by the ranks that divide ``batch_size``.
-        """
-        if not self.progressive_batch:
-            return self.batch_size
-        return self.batch_size * max(1, round((self.image_size / self.image_size_at(epoch)) ** 2))
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` ends with an evaluation: every ``eval_every``-th does,

@@ -123,18 +123,16 @@ def freeze_backbone_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-def learning_rate(config: TrainConfig, epoch: int, step: int, steps: int) -> float:
-    """The lr of 0-based ``step`` of the ``steps`` in 0-based ``epoch``: linear warmup from ~0,
-    then cosine to 0 (or constant), in epochs; its peak scaled with the epoch's batch (the
-    linear scaling rule, Goyal et al. 2017) when the batch follows the crop size."""
-    peak = config.lr * config.batch_size_at(epoch) / config.batch_size
-    elapsed = epoch + step / steps
-    if elapsed < config.warmup_epochs:
-        return peak * (elapsed + 1 / steps) / config.warmup_epochs
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warmup from ~0, then cosine to 0 (or constant), as a function of the global step."""
+    warmup = config.warmup_epochs * steps_per_epoch
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
     if config.schedule == "constant":
-        return peak
-    progress = (elapsed - config.warmup_epochs) / max(1 / steps, config.epochs - config.warmup_epochs)
-    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return config.lr
+    total = config.epochs * steps_per_epoch
+    progress = (step - warmup) / max(1, total - warmup)
+    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 # --- randomness ------------------------------------------------------------------
@@ -409,6 +407,7 @@ class Run:
             self.fast_batches = FastTrainBatches(train_data, config, self.device)
             self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
                                             self.topology)
+        self.steps_per_epoch = len(self.epoch_batches(0))
 
     def restore_or_start(self) -> RunState:
         """Resume from last.pt, or create the run directory: only now that data and model
@@ -452,7 +451,7 @@ class Run:
         return self.finish()
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        return epoch_batches(len(self.splits.train), self.config.batch_size_at(epoch), self.config.seed, epoch,
+        return epoch_batches(len(self.splits.train), self.config.batch_size, self.config.seed, epoch,
                              self.topology.world_size)
 
     def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
@@ -484,7 +483,7 @@ class Run:
         bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {epoch + 1}/{self.config.epochs}",
                    disable=not self.main or self.config.quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
         for step, images, labels in self.epoch_inputs(epoch, batches):
-            self.set_learning_rate(epoch, step, len(batches))
+            self.set_learning_rate(epoch, step)
             loss = self.step(images, labels)
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
@@ -504,10 +503,10 @@ class Run:
                 raise Interrupted(self.run_dir, epoch, state.step)
         bar.close()
         state.loss_sum = loss_sum.item()
-        return self.training_metrics(images_at_start, len(batches))
+        return self.training_metrics(images_at_start)
 
-    def set_learning_rate(self, epoch: int, step: int, steps: int) -> None:
-        lr = learning_rate(self.config, epoch, step, steps)
+    def set_learning_rate(self, epoch: int, step: int) -> None:
+        lr = learning_rate(self.config, epoch * self.steps_per_epoch + step, self.steps_per_epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = group_learning_rate(self.config, lr, group["head"], epoch)
 
@@ -520,14 +519,15 @@ class Run:
         raise TrainingDiverged(f"the training loss became {loss} at epoch {epoch + 1}, step {step}; stopped. "
                                f"{kept}; start a new run with a lower --lr")
 
-    def training_metrics(self, images_at_start: int, steps: int) -> dict[str, float]:
-        """The epoch's mean training loss, last lr and throughput over every rank."""
+    def training_metrics(self, images_at_start: int) -> dict[str, float]:
+        """The epoch's mean training loss and throughput over every rank."""
         state, world_size = self.state, self.topology.world_size
         seconds = time.perf_counter() - self.epoch_start
         totals = distributed.all_reduce_sum(
             torch.tensor([state.loss_sum, state.images_seen], dtype=torch.float64, device=self.device), self.topology)
+        last_step = (state.epoch + 1) * self.steps_per_epoch - 1
         return {"train_loss": totals[0].item() / totals[1].item(),
-                "lr": learning_rate(self.config, state.epoch, steps - 1, steps),
+                "lr": learning_rate(self.config, last_step, self.steps_per_epoch),
                 "images_per_s": (totals[1].item() - images_at_start * world_size) / seconds}
 
     def validate(self, source: Source, data: DecodedImages | None) -> dict[str, float]:
