@@ -355,6 +355,8 @@ def test_eval_every_evaluates_every_nth_epoch_and_always_the_last(folder, tmp_pa
     assert load_checkpoint(run_dir / "best.pt")["state"]["epoch"] == summary["best_epoch"]
     config = resolve_config({"epochs": 7, "eval_every": 3})
     assert [e + 1 for e in range(7) if config.evaluates_after(e)] == [3, 6, 7]
+    config = resolve_config({"epochs": 7, "eval_every": 0})
+    assert [e + 1 for e in range(7) if config.evaluates_after(e)] == [7]  # 0: the last only
     # Unless given: about ten evaluations a run, and every epoch of a short one.
     assert [resolve_config({"epochs": n}).resolved_eval_every() for n in (2, 9, 36, 40, 75)] == [1, 1, 4, 4, 8]
 
@@ -392,15 +394,16 @@ def test_our_recipes_start_at_four_sevenths_of_the_size_unless_told():
     assert resolve_config({"dataset": "flowers102", "recipe": "tutorial"}).min_image_size is None
 
 
-def test_fast_recipe_is_the_default_recipe_shorter():
+def test_fast_recipe_is_the_default_recipe_shorter_at_twice_the_lr():
     fast = resolve_config({"recipe": "fast", "dataset": "flowers102"})
     default = resolve_config({"dataset": "flowers102"})
-    assert (fast.epochs, fast.resolved_eval_every(), fast.image_size, fast.min_image_size) == (36, 4, 112, 64)
-    assert fast.epochs < default.epochs
-    same = ("batch_size", "lr", "min_image_size", "progressive_from", "progressive_until", "weight_decay", "rotation")
+    assert (fast.epochs, fast.resolved_eval_every(), fast.image_size, fast.min_image_size) == (34, 0, 112, 64)
+    assert fast.epochs < default.epochs and fast.lr == 2 * default.lr
+    assert [e + 1 for e in range(fast.epochs) if fast.evaluates_after(e)] == [34]  # the last only
+    same = ("batch_size", "min_image_size", "progressive_from", "progressive_until", "weight_decay", "rotation")
     assert {name: getattr(fast, name) for name in same} == {name: getattr(default, name) for name in same}
     petals = resolve_config({"recipe": "fast", "dataset": "petals"})
-    assert (petals.epochs, petals.image_size, petals.min_image_size) == (36, 56, None)  # the preset keeps one size
+    assert (petals.epochs, petals.image_size, petals.min_image_size) == (34, 56, None)  # the preset keeps one size
     given = resolve_config({"recipe": "fast", "dataset": "flowers102", "epochs": 5, "min_image_size": 96,
                             "progressive_until": 0.5, "progressive_from": 0.0})
     assert (given.epochs, given.min_image_size, given.progressive_until) == (5, 96, 0.5)
@@ -539,6 +542,7 @@ def test_bad_input_is_one_line(tmp_path, capsys, make, args, message):
         (["--min-image-size", "128"], "--min-image-size must be in [32, --image-size 32], got 128"),
         (["--min-image-size", "16"], "--min-image-size must be in [32, --image-size 32], got 16"),
         (["--progressive-until", "0"], "--progressive-until must be in (0, 1], got 0.0"),
+        (["--eval-every", "-1"], "--eval-every must be at least 0, got -1"),
         (["--eval-image-size", "4000"], "--eval-image-size must be at most 2048, got 4000"),
         (["--cache-size", "4000"], "--cache-size must be at most 2048, got 4000"),
     ],
