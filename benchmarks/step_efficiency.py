@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
-import statistics
 
 import torch
-from torchinfo import summary
 
-from resnet.bench import BenchOptions, Trainer, fixed_batch, timed
+from resnet.bench import BenchOptions, Trainer, cpu_model, fixed_batch, median, timed
 from resnet.hardware import select_precision
-from resnet.model import get_model
+from resnet.summary import model_facts
 
 NUM_CLASSES = 102
 # (arch, image size, batch, our precision? (else fp32), channels_last?)
@@ -31,15 +28,7 @@ CASES = [("resnet18", 112, 64, True, True), ("resnet18", 112, 64, False, False),
 
 def training_flops(arch: str, size: int) -> float:
     """FLOPs of one image's training step: forward and backward, 3 x 2 x the forward's mult-adds."""
-    stats = summary(get_model(arch, num_classes=NUM_CLASSES), input_size=(1, 3, size, size), verbose=0)
-    return 6.0 * stats.total_mult_adds
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
+    return 6.0 * model_facts(arch, size, NUM_CLASSES).gmacs * 1e9
 
 
 def main() -> None:
@@ -66,7 +55,7 @@ def main() -> None:
     rows = []
     for case in CASES:
         arch, size, batch, low_precision, channels_last = case
-        images_per_s = statistics.median(speeds[case])
+        images_per_s = median(speeds[case])
         flops = training_flops(arch, size)
         rows.append({"arch": arch, "image_size": size, "batch_size": batch,
                      "precision": str(ours).removeprefix("torch.") if low_precision else "fp32",
