@@ -4,7 +4,11 @@ The images go through the training run's own evaluation path (decoded cache at e
 size, normalization, channels_last, bf16 autocast where the CPU supports it). Prints a
 markdown table of top-1 accuracy.
 
-Usage: python benchmarks/eval_sizes.py RUN_DIR [RUN_DIR ...] [--sizes 128,144,160,176]
+With ``--split official``, Flowers-102 runs on the tutorial's split are scored on the official
+``val`` images instead, which that split neither trains on nor reports: a held-out set for
+choosing the evaluation size.
+
+Usage: python benchmarks/eval_sizes.py RUN_DIR [RUN_DIR ...] [--sizes 128,144,160,176] [--split official]
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--sizes", default="128,144,160,176")
+    parser.add_argument("--split", default=None, help="score the 'eval' subset of this split (default: the run's)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     device = torch.device("cpu")
@@ -39,7 +44,7 @@ def main() -> None:
     for run in args.runs:
         model, checkpoint = load_model_from_checkpoint(run / "last.pt", tta=False)
         model = model.to(memory_format=torch.channels_last)
-        source, *_ = eval_source(checkpoint)
+        source, *_ = eval_source(checkpoint, split=args.split)
         rows = {False: [], True: []}
         for size in sizes:
             data = decode(source, size, workers=1)

@@ -61,7 +61,7 @@ def test_tutorial_recipe_is_the_tutorials():
 
 def test_petals_evaluate_at_their_size_unless_the_image_size_is_given():
     assert resolve_config({"dataset": "petals"}).resolved_eval_image_size() == 64
-    assert resolve_config({"dataset": "petals", "image_size": 112}).resolved_eval_image_size() == 160
+    assert resolve_config({"dataset": "petals", "image_size": 112}).resolved_eval_image_size() == 126  # scale 0.6
     given = resolve_config({"dataset": "petals", "image_size": 112, "eval_image_size": 96})
     assert given.resolved_eval_image_size() == 96
 
@@ -385,6 +385,17 @@ def test_the_ramp_can_start_late():
         resolve_config({"progressive_from": 0.9, "progressive_until": 0.8})
 
 
+def test_the_ramp_steps_through_multiples_of_the_step_in_equal_shares():
+    config = resolve_config({"image_size": 224, "min_image_size": 128, "epochs": 10, "progressive_until": 0.7,
+                             "progressive_step": 32})
+    assert config.ramp_sizes() == [128, 160, 192]
+    assert [config.image_size_at(e) for e in range(10)] == [128, 128, 160, 160, 192, 192, 224, 224, 224, 224]
+    odd = resolve_config({"image_size": 112, "min_image_size": 72, "epochs": 8, "progressive_step": 32})
+    assert odd.ramp_sizes() == [64, 96]  # the minimum rounded down to the step
+    with pytest.raises(ResnetError, match="--progressive-step must be at least 1"):
+        resolve_config({"progressive_step": 0})
+
+
 def test_our_recipes_start_at_four_sevenths_of_the_size_unless_told():
     assert resolve_config({"dataset": "flowers102", "image_size": 112}).min_image_size == 64
     assert resolve_config({"dataset": "imagefolder"}).min_image_size == 128  # 224 px
@@ -397,13 +408,15 @@ def test_our_recipes_start_at_four_sevenths_of_the_size_unless_told():
 def test_fast_recipe_is_the_default_recipe_shorter_at_twice_the_lr():
     fast = resolve_config({"recipe": "fast", "dataset": "flowers102"})
     default = resolve_config({"dataset": "flowers102"})
-    assert (fast.epochs, fast.resolved_eval_every(), fast.image_size, fast.min_image_size) == (34, 0, 112, 64)
+    assert (fast.epochs, fast.resolved_eval_every(), fast.image_size, fast.min_image_size) == (36, 0, 112, 64)
     assert fast.epochs < default.epochs and fast.lr == 2 * default.lr
-    assert [e + 1 for e in range(fast.epochs) if fast.evaluates_after(e)] == [34]  # the last only
-    same = ("batch_size", "min_image_size", "progressive_from", "progressive_until", "weight_decay", "rotation")
+    assert [e + 1 for e in range(fast.epochs) if fast.evaluates_after(e)] == [36]  # the last only
+    # Crops in multiples of the network's stride: 80 px would cost what 96 does.
+    assert [fast.image_size_at(e) for e in range(36)] == [64] * 16 + [96] * 15 + [112] * 5
+    same = ("batch_size", "min_image_size", "progressive_from", "weight_decay", "rotation")
     assert {name: getattr(fast, name) for name in same} == {name: getattr(default, name) for name in same}
     petals = resolve_config({"recipe": "fast", "dataset": "petals"})
-    assert (petals.epochs, petals.image_size, petals.min_image_size) == (34, 56, None)  # the preset keeps one size
+    assert (petals.epochs, petals.image_size, petals.min_image_size) == (36, 56, None)  # the preset keeps one size
     given = resolve_config({"recipe": "fast", "dataset": "flowers102", "epochs": 5, "min_image_size": 96,
                             "progressive_until": 0.5, "progressive_from": 0.0})
     assert (given.epochs, given.min_image_size, given.progressive_until) == (5, 96, 0.5)
@@ -556,7 +569,8 @@ def test_bad_values_are_refused_before_anything_runs(folder, tmp_path, capsys, a
 
 
 def test_sizes_derived_from_the_image_size_are_bounded_too():
-    with pytest.raises(ResnetError, match=r"--eval-image-size must be at most 2048, got 2857 \(10/7 of --image-size"):
+    with pytest.raises(ResnetError,
+                       match=r"--eval-image-size must be at most 2048, got 2571 \(from --image-size and --min-scale"):
         resolve_config({"dataset": "flowers102", "image_size": 2000})
 
 

@@ -53,8 +53,12 @@ class TrainConfig:
                                           "--min-image-size before the crop starts to grow")
     progressive_until: float = option(0.85, "progressive resizing: fraction of the epochs by which the crop "
                                             "reaches --image-size")
+    progressive_step: int = option(16, "progressive resizing: the smaller crops are multiples of this, each "
+                                       "trained for an equal share of the ramp (32, the network's stride, "
+                                       "skips crops whose last feature map is padded)")
     eval_image_size: int | None = option(
-        None, "evaluation resize (default: image size * 10/7, FixRes; petals at their preset 56: 64)")
+        None, "evaluation resize (default: image size / the mean side of a training crop, FixRes: 9/7 of it at "
+              "--min-scale 0.25; petals at their preset 56: 64)")
     cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
     optimizer: str = option("sgd", "sgd (with --momentum and --nesterov) | adamw (decoupled weight decay)")
     lr: float = option(0.05, "peak learning rate, for this batch size")
@@ -84,9 +88,16 @@ class TrainConfig:
     quiet: bool = option(False, "one line per epoch instead of progress bars")
 
     def resolved_eval_image_size(self) -> int:
-        # FixRes (Touvron et al., 2019): random-resized crops show objects larger than a
-        # full view of the image does, so evaluation at a larger size matches training.
-        return self.eval_image_size or round(self.image_size * 10 / 7)
+        # FixRes (Touvron et al., 2019): a random-resized crop keeping a fraction s of the
+        # area, resized to the training size, shows objects 1/sqrt(s) times larger than a
+        # full view at that size. Evaluating at image_size / E[sqrt(s)], s ~ U(min_scale, 1),
+        # matches their mean size: 9/7 of it at min_scale 0.25 (144 px for 112), about 10/7
+        # at torchvision's 0.08 (benchmarks/results/flowers102-eval-sizes.md).
+        if self.eval_image_size:
+            return self.eval_image_size
+        a = self.min_scale
+        mean_side = 1.0 if a >= 1 else 2 / 3 * (1 - a ** 1.5) / (1 - a)
+        return round(self.image_size / mean_side)
 
     def resolved_head_epochs(self) -> int:
         return self.head_epochs if self.head_epochs is not None else (1 if self.weights else 0)
@@ -104,8 +115,9 @@ class TrainConfig:
         Progressive resizing (fast.ai's DAWNBench entry, FFCV's start and end of the ramp):
         small crops early are cheap and still teach the coarse features; the last epochs
         train at the full size, the one evaluation is matched to. The crop stays at
-        ``min_image_size`` until ``progressive_from`` of the epochs, then grows linearly
-        until ``progressive_until``, in multiples of 16 (at least 32).
+        ``min_image_size`` until ``progressive_from`` of the epochs; until
+        ``progressive_until`` it then steps through the multiples of ``progressive_step``
+        below the full size, an equal share of those epochs each (with 16: a linear ramp).
         """
         if self.min_image_size is None or self.min_image_size >= self.image_size:
             return self.image_size  # one size throughout, a multiple of 16 or not
@@ -114,8 +126,14 @@ class TrainConfig:
             return self.image_size
         ramp_at = round(self.progressive_from * self.epochs)  # the ramp's first epoch, still at the minimum
         grown = max(0, epoch - ramp_at) / max(1, full_at - ramp_at)
-        size = self.min_image_size + (self.image_size - self.min_image_size) * grown
-        return max(32, int(size // 16) * 16)  # rounded down: the full size comes only at full_at
+        sizes = self.ramp_sizes()
+        return sizes[min(len(sizes) - 1, int(grown * len(sizes)))]
+
+    def ramp_sizes(self) -> list[int]:
+        """The crops below the full size that progressive resizing trains at, smallest first."""
+        step = self.progressive_step
+        smallest = max(32, self.min_image_size // step * step)  # rounded down: the full size comes last
+        return list(range(smallest, self.image_size, step))
 
     def evaluates_after(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` ends with an evaluation: every ``eval_every``-th does
@@ -124,7 +142,7 @@ class TrainConfig:
         return epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0)
 
     def resolved_eval_every(self) -> int:
-        # An evaluation at 10/7 of the size with flip TTA takes 11-12 s on two CPU cores, a
+        # An evaluation at 10/7 of the size with flip TTA took 11-12 s on two CPU cores, a
         # fifth to a half of a training epoch: after every epoch it was 18% of a short run.
         return self.eval_every if self.eval_every is not None else max(1, round(self.epochs / 10))
 
@@ -159,10 +177,12 @@ TUTORIAL_RECIPE: dict[str, Any] = dict(
 )
 
 # The default recipe, shorter (issue 12: time to accuracy on a CPU), with twice the peak lr
-# (36 epochs at lr 0.1 reached 81.47% where lr 0.05 reached 77.75%) and one evaluation, after
-# the last epoch: eight evaluations cost two epochs' time. Flowers-102, resnet18, 112 px:
-# benchmarks/results/time-to-accuracy.md.
-FAST_RECIPE: dict[str, Any] = dict(epochs=34, lr=0.1, eval_every=0)
+# (36 epochs at lr 0.1 reached 81.47% where lr 0.05 reached 77.75%; 0.2 did no better than 0.1)
+# and one evaluation, after the last epoch: eight evaluations cost two epochs' time. Its crops
+# are multiples of 32 (64 then 96 px for 112): an 80 px crop gives layer4 the 3x3 map that 96 px
+# does, and trained at 88% of 96 px's cost on this CPU: 36 epochs fit where 34 did (80.88% in
+# 25m25s, evaluated at 144 px). Flowers-102, resnet18, 112 px: benchmarks/results/time-to-accuracy.md.
+FAST_RECIPE: dict[str, Any] = dict(epochs=36, lr=0.1, eval_every=0, progressive_step=32, progressive_until=0.88)
 
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "fast": FAST_RECIPE, "tutorial": TUTORIAL_RECIPE}
 
@@ -196,7 +216,7 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     preset = dict(DATASET_PRESETS.get(dataset, {}))
     if "image_size" in given and "eval_image_size" not in given:
         # A preset's evaluation size suits the preset's training size; another training
-        # size evaluates at its own 10/7, as the help says.
+        # size evaluates at its own FixRes size, as the help says.
         preset.pop("eval_image_size", None)
     values: dict[str, Any] = {}
     values.update(preset)
@@ -237,7 +257,7 @@ def validate(config: TrainConfig) -> None:
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ResnetError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
-    for name in ("epochs", "batch_size"):
+    for name in ("epochs", "batch_size", "progressive_step"):
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ResnetError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     check_ranges(config)
@@ -282,7 +302,7 @@ def check_ranges(config: TrainConfig) -> None:
 def check_image_sizes(config: TrainConfig) -> None:
     sizes = {"image_size": (config.image_size, ""),
              "eval_image_size": (config.resolved_eval_image_size(), "" if config.eval_image_size else
-                                 " (10/7 of --image-size; give --eval-image-size)"),
+                                 " (from --image-size and --min-scale; give --eval-image-size)"),
              "cache_size": (config.resolved_cache_size(), "" if config.cache_size else
                             " (8/7 of --image-size; give --cache-size)")}
     for name, (value, note) in sizes.items():
