@@ -568,6 +568,17 @@ def test_bad_values_are_refused_before_anything_runs(folder, tmp_path, capsys, a
     assert not out.exists()
 
 
+def test_evaluation_size_follows_the_crop_scale():
+    # image size / E[sqrt(s)], s ~ U(min_scale, 1): FixRes's mean apparent object size.
+    sizes = {scale: resolve_config({"dataset": "flowers102", "min_scale": scale}).resolved_eval_image_size()
+             for scale in (0.08, 0.25, 1.0)}
+    assert sizes == {0.08: 158, 0.25: 144, 1.0: 112}
+    assert resolve_config({"dataset": "flowers102", "eval_image_size": 160}).resolved_eval_image_size() == 160
+    for bad in (-0.5, 0.0):  # caught before the evaluation size is derived from it
+        with pytest.raises(ResnetError, match=r"--min-scale must be in \(0, 1\], got"):
+            resolve_config({"dataset": "flowers102", "min_scale": bad})
+
+
 def test_sizes_derived_from_the_image_size_are_bounded_too():
     with pytest.raises(ResnetError,
                        match=r"--eval-image-size must be at most 2048, got 2571 \(from --image-size and --min-scale"):

@@ -261,11 +261,11 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ResnetError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     check_ranges(config)
+    if not 0 < config.min_scale <= 1:  # before the sizes: the evaluation size is derived from it
+        raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
     check_image_sizes(config)
     if config.lr <= 0:
         raise ResnetError(f"--lr must be positive, got {config.lr}")
-    if not 0 < config.min_scale <= 1:
-        raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
     if not 0 < config.progressive_until <= 1:
         raise ResnetError(f"--progressive-until must be in (0, 1], got {config.progressive_until}")
     if not 0 <= config.progressive_from < config.progressive_until:
