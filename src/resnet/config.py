@@ -55,7 +55,7 @@ class TrainConfig:
                                             "reaches --image-size")
     progressive_step: int = option(16, "progressive resizing: the smaller crops are multiples of this, each "
                                        "trained for an equal share of the ramp (32, the network's stride, "
-                                       "skips crops whose last feature map is padded)")
+                                       "skips 80 px for 112: its layer4 map is 96 px's 3x3)")
     eval_image_size: int | None = option(
         None, "evaluation resize (default: image size / the mean side of a training crop, FixRes: 9/7 of it at "
               "--min-scale 0.25; petals at their preset 56: 64)")
@@ -132,7 +132,7 @@ class TrainConfig:
     def ramp_sizes(self) -> list[int]:
         """The crops below the full size that progressive resizing trains at, smallest first."""
         step = self.progressive_step
-        smallest = max(32, self.min_image_size // step * step)  # rounded down: the full size comes last
+        smallest = max(32, self.min_image_size // step * step)  # the minimum rounded down to the step
         return list(range(smallest, self.image_size, step))
 
     def evaluates_after(self, epoch: int) -> bool:
