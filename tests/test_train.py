@@ -6,6 +6,7 @@ import copy
 import csv
 import dataclasses
 import json
+import signal
 import urllib.error
 from pathlib import Path
 
@@ -434,8 +435,8 @@ def interrupt_at(monkeypatch, global_step: int, exception: type[BaseException] |
         if next(calls) == global_step:
             if exception is not None:
                 raise exception()
-            return True
-        return False
+            return signal.SIGINT
+        return None
 
     monkeypatch.setattr(train_module, "stop_requested", fake)
 

@@ -8,8 +8,11 @@ metrics files, and the decoded-image cache.
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -31,31 +34,73 @@ CHECKPOINT_FORMAT = 1
 # --- writing ------------------------------------------------------------------------
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+class DiskFull(ResnetError):
+    """A write that the disk had no room for; the file it would have replaced is intact."""
+
+    def __init__(self, path: Path, needed: int | None = None) -> None:
+        free = free_bytes(path.parent)
+        sizes = [f"it needs {megabytes(needed)}" if needed is not None else "",
+                 f"{megabytes(free)} free" if free is not None else ""]
+        kept = f"; the previous {path.name} is kept" if path.exists() else ""
+        super().__init__(f"no space left on the device to write {path} ({', '.join(s for s in sizes if s)}){kept}")
+
+
+def free_bytes(folder: Path) -> int | None:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], needed: int | None = None) -> None:
     """Call ``write(file)`` on a temporary file in the same folder, flush it to disk, then
     rename it over ``path``: a crash at any moment leaves either the old file or the new
     one, never half, and a concurrent reader never sees a partial file. The temporary
     name is unique (``mkstemp``), so processes on several machines sharing a folder
-    cannot collide."""
+    cannot collide. A full disk is a ``DiskFull`` error (``needed``: the bytes it would
+    have taken, when known)."""
     path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = None
     try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(descriptor, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        if error.errno in NO_SPACE:
+            raise DiskFull(path, needed) from None
+        raise
     finally:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through ``write_atomic``."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    """``torch.save`` through ``write_atomic``. The object is serialized in memory first:
+    its size is then known, so a disk without room for it is refused before a byte is
+    written (torch's own writer reports a full disk as an opaque RuntimeError)."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    needed = buffer.getbuffer().nbytes
+    free = free_bytes(path.parent)
+    if free is not None and free < needed:
+        raise DiskFull(path, needed)
+    write_atomic(path, lambda f: f.write(buffer.getbuffer()), needed)
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    write_atomic(path, lambda f: f.write(text.encode()))
+    data = text.encode()
+    write_atomic(path, lambda f: f.write(data), len(data))
 
 
 # --- what a checkpoint holds --------------------------------------------------------------
@@ -98,13 +143,9 @@ def checkpoint_dict(config: TrainConfig, classes: list[str], model: nn.Module, o
     }
 
 
-def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-            ema: nn.Module | None) -> RunState:
-    """Load a training checkpoint into the modules; returns where the run stood."""
-    checkpoint = load_checkpoint(path)
-    absent = [key for key in ("model", "optimizer", "scaler", "state") if key not in checkpoint]
-    if absent:
-        raise ResnetError(f"{path} is not a training checkpoint of resnet train (it has no {', '.join(absent)})")
+def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: torch.amp.GradScaler, ema: nn.Module | None) -> RunState:
+    """Load a training checkpoint (``load_resume_checkpoint``) into the modules; returns where the run stood."""
     unwrap(model).load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
@@ -112,6 +153,33 @@ def restore(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scal
         ema.module.load_state_dict(checkpoint["ema"])
         ema.n_averaged.fill_(checkpoint["ema_updates"])
     return RunState(**checkpoint["state"])
+
+
+def load_resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:
+    """``run_dir/last.pt`` as a training checkpoint, or None when the run has none yet. An
+    unreadable one is an error that says whether ``best.pt`` could take its place."""
+    path = run_dir / "last.pt"
+    if not path.exists():
+        return None
+    try:
+        checkpoint = load_checkpoint(path)
+        absent = [key for key in ("model", "optimizer", "scaler", "state") if key not in checkpoint]
+        if absent:
+            raise ResnetError(f"{path} is not a training checkpoint of resnet train (it has no {', '.join(absent)})")
+    except ResnetError as error:
+        raise ResnetError(f"{error}{best_instead(run_dir)}") from None
+    return checkpoint
+
+
+def best_instead(run_dir: Path) -> str:
+    """A hint for a run whose last.pt is lost: best.pt, when readable, resumes from its epoch."""
+    best = run_dir / "best.pt"
+    try:
+        epoch = load_checkpoint(best)["state"]["epoch"]
+    except (ResnetError, KeyError, TypeError):
+        return ""
+    return (f". {best} is intact (saved after epoch {epoch}): copy it over last.pt to resume from there "
+            f"(cp {best} {run_dir / 'last.pt'})")
 
 
 # --- reading ------------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Iterator, Sequence
@@ -102,7 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
         train(config, Path(args.resume) if args.resume else None)
     except Interrupted as interrupted:
         print(f"resnet train: {interrupted}", file=sys.stderr)
-        return 130
+        return interrupted.exit_status
     return 0
 
 
@@ -360,6 +362,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    # A file name that is not valid UTF-8 is printed as the bytes it has, as ls does.
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     with warnings_as_lines(args.command):
         try:
             return args.run(args)
@@ -369,6 +374,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"resnet {args.command}: interrupted", file=sys.stderr)
             return 130
+        except BrokenPipeError:
+            return reader_gone()
+
+
+def reader_gone() -> int:
+    """stdout's reader closed it (``resnet eval RUN | head -1``): stop quietly, as a
+    command killed by SIGPIPE would, with nothing more written to the closed pipe."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush must not fail again
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

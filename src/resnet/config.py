@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet.errors import ResnetError
+from resnet.model import list_models
 
 
 def option(default: Any, help: str) -> Any:
@@ -224,6 +225,9 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     values.update(given)
     if recipe in PROGRESSIVE_RECIPES and "min_image_size" not in values:
         values["min_image_size"] = smallest_crop(values.get("image_size", TrainConfig.image_size))
+    if values.get("data_dir"):
+        # Stored absolute, so that the run's data is found from any working directory.
+        values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
     config = TrainConfig.from_dict(values)
     validate(config)
     return config
@@ -254,6 +258,8 @@ def flag(name: str) -> str:
 def validate(config: TrainConfig) -> None:
     """Every field of a fresh or resumed config: its type, then its value; one line per problem."""
     check_types(config)
+    if config.arch not in list_models():  # a hand-edited or newer config.json
+        raise ResnetError(f"--arch must be one of {', '.join(list_models())}, got {config.arch!r}")
     for name, allowed in CHOICES.items():
         if getattr(config, name) not in allowed:
             raise ResnetError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
@@ -340,8 +346,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     value is refused, naming it; the result is validated like a fresh config.
     """
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / "last.pt").is_file():
-        raise ResnetError(f"{run_dir} is not a run directory with a checkpoint (config.json and last.pt)")
+    if not (run_dir / "config.json").is_file():  # without last.pt, it stopped before its first one: starts over
+        raise ResnetError(f"{run_dir} is not a run directory (it has no config.json)")
     config = load_config(run_dir)
     known = {f.name for f in fields(TrainConfig)}
     for name, value in overrides.items():

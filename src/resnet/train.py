@@ -18,12 +18,10 @@ import csv
 import io
 import json
 import math
-import signal
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,16 @@ from tqdm import tqdm
 
 from resnet import augment, distributed
 from resnet.augment import AugmentSpec, Normalize
-from resnet.checkpoint import RunState, checkpoint_dict, load_checkpoint, restore, save_atomic, write_text_atomic
+from resnet.checkpoint import (
+    DiskFull,
+    RunState,
+    checkpoint_dict,
+    load_checkpoint,
+    load_resume_checkpoint,
+    restore,
+    save_atomic,
+    write_text_atomic,
+)
 from resnet.config import TrainConfig
 from resnet.data import DecodedImages, Source, cache_file, classic_loader, decode, load_splits
 from resnet.distributed import Topology, shard
@@ -50,6 +57,8 @@ from resnet.evaluate import (
 from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
 from resnet.model import FlipTTA, ResNet, get_model
 from resnet.plots import evaluated, plot_curves
+from resnet.rundir import RunDirectory, claimed_run_dir
+from resnet.signals import StopSignals, Stopped
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
                   "train_size")
@@ -238,49 +247,7 @@ def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Top
     return data
 
 
-# --- the run directory -------------------------------------------------------------------
-
-
-def choose_run_dir(config: TrainConfig) -> Path:
-    """The new run's directory, checked but not yet created: it is made only once the data
-    and the model have loaded, so that a failed start leaves nothing behind."""
-    if not config.out:
-        return Path("runs") / f"{config.dataset}-{config.arch}-{datetime.now():%Y%m%d-%H%M%S}"
-    path = Path(config.out)
-    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
-    if blocking is not None:
-        raise ResnetError(f"--out {path}: {blocking} is a file, not a directory; choose another --out")
-    if path.exists() and any(path.iterdir()):
-        raise ResnetError(f"{path} already exists and is not empty; continue it with --resume {path} "
-                          "or choose another --out")
-    return path
-
-
-def agreed_run_dir(config: TrainConfig, resume: Path | None, topology: Topology) -> Path:
-    """Rank 0 chooses (a timestamp differs between processes); every rank gets its choice,
-    or its error."""
-    if resume is not None:
-        return resume
-    chosen, problem = None, None
-    if topology.is_main:
-        try:
-            chosen = str(choose_run_dir(config))
-        except ResnetError as error:
-            problem = str(error)
-    chosen, problem = distributed.all_gather_objects((chosen, problem), topology)[0]
-    if problem is not None:
-        raise ResnetError(problem)
-    return Path(chosen)
-
-
-def make_run_dir(path: Path) -> bool:
-    """Create the run directory; returns whether it is new (not an existing empty one)."""
-    existed = path.is_dir()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ResnetError(f"cannot create the run directory {path}: {error.strerror or error}") from None
-    return not existed
+# --- run files -------------------------------------------------------------------------
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -296,88 +263,88 @@ def write_metrics_csv(history: list[dict], path: Path) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-# --- Ctrl-C --------------------------------------------------------------------------
+# --- stopping on a signal -------------------------------------------------------------
 
 
-class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step and save; a second one
-    interrupts at once."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self) -> StopRequest:
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._previous = None
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-
-
-def stop_requested(stop: StopRequest, topology: Topology, step: int) -> bool:
-    """Whether any rank saw Ctrl-C. Across processes this is a collective, so ranks agree
-    only every tenth step; a single process checks every step."""
+def stop_requested(stop: StopSignals, topology: Topology, step: int) -> int | None:
+    """The stop signal any rank saw, or None. Across processes this is a collective, so
+    ranks agree only every tenth step; a single process checks every step."""
     if not topology.enabled:
-        return stop.requested
+        return stop.signum
     if step % 10:
-        return False
-    return any(distributed.all_gather_objects(stop.requested, topology))
+        return None
+    return next((signum for signum in distributed.all_gather_objects(stop.signum, topology) if signum), None)
 
 
 class Interrupted(Exception):
-    def __init__(self, run_dir: Path, epoch: int, step: int) -> None:
-        super().__init__(f"interrupted at epoch {epoch + 1}, step {step}; checkpoint saved. "
-                         f"Continue with: resnet train --resume {run_dir}")
+    """A run stopped by a signal; the message says what was kept and how to continue."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_status = Stopped(signum).exit_status
+
+    @classmethod
+    def saved(cls, signum: int, run_dir: Path, epoch: int, step: int) -> Interrupted:
+        return cls(f"stopped by {Stopped(signum).name} at epoch {epoch + 1}, step {step}; checkpoint saved. "
+                   f"Continue with: resnet train --resume {run_dir}", signum)
+
+    @classmethod
+    def at_once(cls, stopped: Stopped, run_dir: RunDirectory | None) -> Interrupted:
+        """A signal outside the loop's step boundaries (or a second one): nothing new was saved."""
+        said = f"stopped by {stopped.name}"
+        if run_dir is None:
+            return cls(said, stopped.signum)
+        if (run_dir.path / "last.pt").exists():
+            return cls(f"{said}; {run_dir.path / 'last.pt'} is the last checkpoint. "
+                       f"Continue with: resnet train --resume {run_dir.path}", stopped.signum)
+        if run_dir.fresh:
+            return cls(f"{said} before the first checkpoint: nothing to keep (no run directory left)",
+                       stopped.signum)
+        return cls(f"{said} before the first checkpoint; resnet train --resume {run_dir.path} starts it over",
+                   stopped.signum)
 
 
 # --- the run ----------------------------------------------------------------------------
 
 
 def train(config: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
-    """Train as the config says; returns the run summary (also written to summary.json)."""
+    """Train as the config says; returns the run summary (also written to summary.json).
+    The run directory is claimed for the whole run, and SIGINT and SIGTERM stop it cleanly."""
     topology = distributed.init_distributed(select_device(config.device).type)
+    run_dir = None
     try:
-        run = Run(config, topology, resume)
-        try:
-            return run.fit()
-        except BaseException:
-            run.discard_if_unstarted()
-            raise
+        with StopSignals() as stop, claimed_run_dir(config, resume, topology) as run_dir:
+            return Run(config, topology, run_dir.path, stop, resumed=resume is not None).fit()
+    except Stopped as stopped:
+        raise Interrupted.at_once(stopped, run_dir) from None
     finally:
         distributed.shutdown(topology)
 
 
 class Run:
-    """One training run: set up on construction, then ``fit``."""
+    """One training run in its claimed directory: set up on construction, then ``fit``."""
 
     # --- set up ---
 
-    def __init__(self, config: TrainConfig, topology: Topology, resume: Path | None = None) -> None:
-        self.config, self.topology, self.resume = config, topology, resume
+    def __init__(self, config: TrainConfig, topology: Topology, run_dir: Path, stop: StopSignals,
+                 resumed: bool = False) -> None:
+        self.config, self.topology, self.run_dir, self.stop = config, topology, run_dir, stop
+        self.resume = run_dir if resumed else None
         self.main = topology.is_main
         self.device = select_device(config.device, topology)
         self.dtype = select_precision(config.precision, self.device)
         if config.batch_size % topology.world_size:
             raise ResnetError(f"--batch-size {config.batch_size} must be divisible by the "
                               f"{topology.world_size} processes")
-        self.run_dir = agreed_run_dir(config, resume, topology)
-        self.created_dir = False
+        # Read before the data: an unreadable checkpoint is reported before a long decode.
+        self.checkpoint = load_resume_checkpoint(run_dir) if resumed else None
         self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction,
                                   config.seed, config.strict)
+        self.check_batchnorm_can_train()
         self.build_modules()
         self.load_data()
         self.wrap_for_training()
-        self.state = self.restore_or_start()  # last: a failed start leaves no run directory
+        self.state = self.restore_or_start()
 
     def build_modules(self) -> None:
         """The model (seeded), its optimizer, the fp16 GradScaler and the optional EMA."""
@@ -397,6 +364,25 @@ class Run:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
+    def check_batchnorm_can_train(self) -> None:
+        """BatchNorm normalizes each channel over a step's images and positions: layer4's map
+        (1x1 at 32 px) times the fewest images a rank gets in a step must give it two values."""
+        config, world_size = self.config, self.topology.world_size
+        if config.freeze_backbone:  # the backbone's BatchNorm layers keep their statistics
+            return
+        images = min(len(batch) for batch in self.epoch_batches(0)) // world_size
+        size = min(config.image_size_at(epoch) for epoch in range(config.epochs))
+        side = math.ceil(size / 32)  # the network's stride
+        if images * side * side >= 2:
+            return
+        if len(self.splits.train) == 1:
+            raise ResnetError(f"the training split has a single image: at {size} px layer4's map is 1x1, so "
+                              "BatchNorm would get one value per channel, which it cannot normalize; add images")
+        per = f" per process ({world_size} processes)" if world_size > 1 else ""
+        raise ResnetError(f"--batch-size {config.batch_size} gives {images} image{per} a step: at {size} px layer4's "
+                          "map is 1x1, so BatchNorm would get one value per channel, which it cannot normalize; "
+                          f"use --batch-size {2 * world_size} or more, or crops above 32 px")
+
     def load_data(self) -> None:
         """The fast pipeline's decoded caches (the classic one reads files each epoch)."""
         config = self.config
@@ -404,21 +390,23 @@ class Run:
         if config.pipeline == "fast":
             train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology,
                                         draft=True)
+            self.stop.check()
             self.fast_batches = FastTrainBatches(train_data, config, self.device)
             self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
                                             self.topology)
+            self.stop.check()
         self.steps_per_epoch = len(self.epoch_batches(0))
 
     def restore_or_start(self) -> RunState:
-        """Resume from last.pt, or create the run directory: only now that data and model
-        loaded. config.json records the config either way (a resume may change a few options)."""
-        if self.resume is not None:
-            state = restore(self.resume / "last.pt", self.model, self.optimizer, self.scaler, self.ema)
+        """Resume from last.pt, or start: a run stopped before its first checkpoint starts
+        over. config.json records the config either way (a resume may change a few options)."""
+        state = RunState()
+        if self.checkpoint is not None:
+            state = restore(self.checkpoint, self.model, self.optimizer, self.scaler, self.ema)
+            self.checkpoint = None
             self.log(f"resuming {self.resume} at epoch {state.epoch + 1}, step {state.step}")
-        else:
-            state = RunState()
-            if self.main:
-                self.created_dir = make_run_dir(self.run_dir)
+        elif self.resume is not None:
+            self.log(f"{self.resume} has no checkpoint yet (it stopped during its first epoch): starting it over")
         if self.main:
             write_text_atomic(self.run_dir / "config.json", self.config.to_json())
         return state
@@ -443,9 +431,10 @@ class Run:
     def fit(self) -> dict[str, Any]:
         self.started = time.perf_counter()
         self.log_start()
-        with StopRequest() as stop:
+        self.stop.check()
+        with self.stop.deferred():
             while self.state.epoch < self.config.epochs:
-                trained = self.train_one_epoch(stop)
+                trained = self.train_one_epoch()
                 evaluates = self.config.evaluates_after(self.state.epoch)
                 self.end_epoch(trained, self.validate(self.splits.eval, self.eval_data) if evaluates else None)
         return self.finish()
@@ -470,7 +459,7 @@ class Run:
             for step, (images, labels) in enumerate(loader, start=first):
                 yield step, images, labels
 
-    def train_one_epoch(self, stop: StopRequest) -> dict[str, float]:
+    def train_one_epoch(self) -> dict[str, float]:
         """The epoch's remaining steps; returns its training metrics."""
         state, epoch = self.state, self.state.epoch
         batches = self.epoch_batches(epoch)
@@ -496,11 +485,12 @@ class Run:
                 speed = (state.images_seen - images_at_start) / seconds
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{speed:.0f}")
             bar.update(1)
-            if stop_requested(stop, self.topology, step):
+            signum = stop_requested(self.stop, self.topology, step)
+            if signum:
                 state.loss_sum = loss_sum.item()
                 bar.close()
                 self.save_checkpoint("last.pt")
-                raise Interrupted(self.run_dir, epoch, state.step)
+                raise Interrupted.saved(signum, self.run_dir, epoch, state.step)
         bar.close()
         state.loss_sum = loss_sum.item()
         return self.training_metrics(images_at_start)
@@ -552,12 +542,12 @@ class Run:
             row.update(eval_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"])
         state.history.append(row)
         state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
-        improved = metrics is not None and row["top1"] > state.best_top1
-        if improved:
+        if metrics is not None and row["top1"] > state.best_top1:
+            # best.pt first: last.pt, which resumes the run, then never records a best
+            # score whose weights were not written.
             state.best_top1 = row["top1"]
-        self.save_checkpoint("last.pt")
-        if improved:
             self.save_checkpoint("best.pt")
+        self.save_checkpoint("last.pt")
         if self.main:
             write_metrics_csv(state.history, self.run_dir / "metrics.csv")
             plot_curves(state.history, self.run_dir / "curves.png", f"{self.config.arch} on {self.config.dataset}")
@@ -624,9 +614,16 @@ class Run:
     # --- helpers ---
 
     def save_checkpoint(self, name: str) -> None:
-        if self.main:
+        if not self.main:
+            return
+        try:
             save_atomic(checkpoint_dict(self.config, self.splits.classes, self.model, self.optimizer, self.scaler,
                                         self.ema, self.state), self.run_dir / name)
+        except DiskFull as error:
+            if not (self.run_dir / "last.pt").exists():
+                raise
+            raise ResnetError(f"{error}; free some space and continue with: resnet train --resume {self.run_dir}"
+                              ) from None
 
     def log(self, message: str) -> None:
         if self.main:
@@ -637,15 +634,3 @@ class Run:
         self.log(f"run {self.run_dir}: {config.arch} on {config.dataset} ({len(splits.train)} training / "
                  f"{len(splits.eval)} evaluation images ('{splits.eval_name}'), {len(splits.classes)} classes), "
                  f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline")
-
-    def discard_if_unstarted(self) -> None:
-        """A fresh run that failed before its first checkpoint leaves no directory behind:
-        it could be neither resumed nor reused."""
-        if not self.main or self.resume is not None or (self.run_dir / "last.pt").exists():
-            return
-        (self.run_dir / "config.json").unlink(missing_ok=True)
-        if self.created_dir:
-            try:
-                self.run_dir.rmdir()
-            except OSError:  # something else is in it: leave it
-                pass
