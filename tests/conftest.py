@@ -1,5 +1,11 @@
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -46,3 +52,45 @@ def tiny_run(tmp_path_factory):
     assert code == 0
     return {"root": root, "data": data, "dir": root / "run", "ckpt": root / "run" / "best.pt",
             "classes": TINY_CLASSES}
+
+
+# --- resnet serve in a subprocess ------------------------------------------------------------
+
+SERVE_START_TIMEOUT = 120  # importing gradio and torch on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def server(tiny_run, tmp_path):
+    """``resnet serve`` of the tiny run, started as a user starts it; yields its URL once the page answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = open(tmp_path / "serve.log", "w")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    process = subprocess.Popen([sys.executable, "-m", "resnet", "serve", str(tiny_run["dir"]), "--runs-dir",
+                                str(tmp_path / "no-runs"), "--port", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + SERVE_START_TIMEOUT
+        while not answers(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"resnet serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from PIL import Image
 pytest.importorskip("captum", reason='captum is not installed (pip install -e ".[app]")')
 
 from resnet.app import (  # noqa: E402
-    classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief)
+    classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief, served_copy)
 from resnet.cli import main  # noqa: E402
 from resnet.errors import ResnetError  # noqa: E402
 from resnet.evaluate import load_model_from_checkpoint  # noqa: E402
@@ -99,20 +101,44 @@ def test_a_live_run_between_evaluations_shows_the_last_one(tiny_run, tmp_path):
     assert "training: epoch 2 of" in run_brief(run) and f"top-1 {top1:.2f}% after epoch 1" in run_brief(run)
 
 
+def test_a_served_copy_is_the_same_bytes_under_a_name_of_its_own_made_once(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    original = tmp_path / "secret-run" / "best.pt"
+    original.parent.mkdir()
+    original.write_bytes(b"weights")
+    copy = served_copy(original, served, "example")
+    assert Path(copy).parent == served and Path(copy).name.startswith("example-") and copy.endswith(".pt")
+    assert "best" not in Path(copy).name and Path(copy).read_bytes() == b"weights"
+    assert served_copy(original, served, "example") == copy and len(list(served.iterdir())) == 1  # unchanged
+    original.write_bytes(b"new weights")
+    os.utime(original, ns=(0, original.stat().st_mtime_ns + 1))  # rewritten, as a new resnet eval does
+    again = served_copy(original, served, "example")
+    assert again != copy and Path(again).read_bytes() == b"new weights"
+
+
 def test_eval_views_after_resnet_eval(tiny_run, tmp_path):
-    out = tmp_path / "evaluated"
-    assert eval_views(out)["confusion"] is None
+    out, served = tmp_path / "evaluated", tmp_path / "served"
+    served.mkdir()
+    assert eval_views(out, served)["confusion"] is None
     assert main(["eval", str(tiny_run["ckpt"]), "--out", str(out), "--workers", "0", "--device", "cpu"]) == 0
-    views = eval_views(out)
-    assert views["confusion"].endswith("confusion_matrix.png") and views["mistakes"].endswith("mistakes.png")
+    views = eval_views(out, served)
+    for name, original in (("confusion", "confusion_matrix.png"), ("mistakes", "mistakes.png")):
+        copy = Path(views[name])
+        assert copy.parent == served and copy.suffix == ".png" and copy.read_bytes() == (out / original).read_bytes()
     assert [row[0] for row in views["per_class"]] == tiny_run["classes"]
     assert isinstance(views["most_confused"], list)
 
 
-def test_example_images_come_from_the_evaluation_set(tiny_run, tmp_path):
-    _, checkpoint = load_model_from_checkpoint(tiny_run["ckpt"])
-    examples = example_images(checkpoint, tmp_path)
-    assert examples and all(str(tiny_run["data"]) in p for p in examples)
+def test_example_images_are_copies_of_evaluation_images(tiny_run, tmp_path):
+    model, checkpoint = load_model_from_checkpoint(tiny_run["ckpt"])
+    examples = [Path(p) for p in example_images(checkpoint, tmp_path)]
+    assert examples and all(p.parent == tmp_path and p.suffix == ".png" for p in examples)
+    dataset = {p.read_bytes(): p for p in tiny_run["data"].rglob("*.png")}
+    originals = [dataset.get(p.read_bytes()) for p in examples]  # byte for byte: predict gives the same
+    assert None not in originals and len({p.parent.name for p in originals}) == len(examples)  # one a class
+    copies = classify(model, checkpoint, examples, with_cam=False)
+    assert [c.top for c in copies] == [o.top for o in classify(model, checkpoint, originals, with_cam=False)]
     checkpoint["config"]["data_dir"] = str(tmp_path / "gone")
     assert example_images(checkpoint, tmp_path) == []  # data not on disk: no examples, no error
 

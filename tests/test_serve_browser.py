@@ -7,17 +7,12 @@ it the test is skipped, saying so.
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
+from conftest import answers
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no system Chromium (Debian: apt-get install -y chromium)")
@@ -27,43 +22,6 @@ pytest.importorskip("gradio", reason='gradio is not installed (pip install -e ".
 # Without the background-networking flags Chromium phones home, which a closed network refuses.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-START_TIMEOUT = 120  # importing gradio and torch on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-@pytest.fixture
-def server(tiny_run, tmp_path):
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    log = open(tmp_path / "serve.log", "w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    process = subprocess.Popen([sys.executable, "-m", "resnet", "serve", str(tiny_run["dir"]), "--runs-dir",
-                                str(tmp_path / "no-runs"), "--port", str(port)],
-                               stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not answers(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"resnet serve did not start:\n{(tmp_path / 'serve.log').read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def upload(page, path: Path) -> None:

@@ -12,14 +12,20 @@ The page works offline: Gradio's analytics and version check are off, the theme 
 system fonts (nothing from Google Fonts), no share link is made. The server binds to
 127.0.0.1 unless told otherwise, and has no authentication.
 
+The server gives out only what the page shows: the thumbnails, plots and overlays it made or
+copied into its own temporary folder (and what Gradio keeps in its cache: uploads, the copies
+it makes of outputs), never a checkpoint, a run's config or metrics, or an image of the dataset.
+
 Everything except ``build_app`` and ``serve`` is plain Python, testable without a browser.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -103,6 +109,27 @@ def run_brief(run: Path) -> str:
     return "\n".join(lines)
 
 
+def served_copy(path: str | os.PathLike, folder: Path, stem: str = "file") -> str:
+    """A copy of ``path`` in the served ``folder``: the same bytes, under a generated name (``stem``,
+    a hash, the extension) that tells nothing of where the original lies.
+
+    Gradio serves only the files in ``folder``, so whatever the page shows from disk comes through
+    here. The name is derived from the original's path, size and modification time, so a file left
+    unchanged is copied once, and one rewritten (a new ``resnet eval``) gets a fresh copy."""
+    source = Path(path).resolve()
+    stat = source.stat()
+    key = hashlib.sha256(f"{source}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    suffix = source.suffix if source.suffix[1:].isalnum() else ""
+    copy = folder / f"{stem}-{key}{suffix}"
+    if not copy.exists():
+        # Copied under a temporary name first: two events asking at once never show a half-written file.
+        fd, partial = tempfile.mkstemp(dir=folder, suffix=".part")
+        os.close(fd)
+        shutil.copyfile(source, partial)
+        os.replace(partial, copy)
+    return str(copy)
+
+
 def curves_png(run: Path, folder: Path) -> str | None:
     """The learning curves drawn from ``metrics.csv`` now (None before the first epoch)."""
     from resnet.plots import plot_curves
@@ -116,19 +143,21 @@ def curves_png(run: Path, folder: Path) -> str | None:
     return str(path)
 
 
-def eval_views(run: Path) -> dict[str, Any]:
-    """What ``resnet eval`` left in the run directory: PNG paths and tables (None when absent)."""
-    folder = run.parent if run.is_file() else run
+def eval_views(run: Path, folder: Path) -> dict[str, Any]:
+    """What ``resnet eval`` left in the run directory: its PNGs as copies in the served ``folder``,
+    and its tables (None when absent)."""
+    run_dir = run.parent if run.is_file() else run
 
     def table(name: str) -> list[list[str]] | None:
         try:
-            with open(folder / name, newline="") as f:
+            with open(run_dir / name, newline="") as f:
                 return list(csv.reader(f))[1:]
         except OSError:
             return None
 
     def png(name: str) -> str | None:
-        return str(folder / name) if (folder / name).exists() else None
+        path = run_dir / name
+        return served_copy(path, folder, path.stem) if path.exists() else None
 
     return {"confusion": png("confusion_matrix.png"), "mistakes": png("mistakes.png"),
             "most_confused": table("most_confused.csv"), "per_class": table("per_class.csv")}
@@ -189,7 +218,9 @@ def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class
 
 
 def example_images(checkpoint: dict[str, Any], folder: Path, n: int = 4) -> list[str]:
-    """Up to ``n`` evaluation images of different classes, when the run's data is on disk."""
+    """Up to ``n`` evaluation images of different classes, when the run's data is on disk, as files
+    in the served ``folder``: copies of image files byte for byte (so an example is classified
+    exactly as ``resnet predict`` classifies its original), PNGs of in-memory datasets."""
     from PIL import Image
 
     from resnet.data import ImageFiles
@@ -204,7 +235,7 @@ def example_images(checkpoint: dict[str, Any], folder: Path, n: int = 4) -> list
         first_of_class.setdefault(int(label), i)
     chosen = list(first_of_class.values())[:n]
     if isinstance(source, ImageFiles):
-        return [str(source.paths[i]) for i in chosen]
+        return [served_copy(source.paths[i], folder, "example") for i in chosen]
     paths = []
     for i in chosen:
         path = folder / f"example-{i}.png"
@@ -229,8 +260,11 @@ def classify_outputs(results: list[Classified]) -> tuple[dict[str, float] | None
 
 
 def build_app(runs: list[Path]) -> tuple[Any, list[str]]:
-    """The Gradio Blocks of the two tabs, and the folders whose files the page may show
-    (Gradio serves no other file from disk)."""
+    """The Gradio Blocks of the two tabs, and the ``allowed_paths`` to launch it with: the app's
+    own temporary folder alone, where everything the page shows from disk is drawn or copied.
+
+    Gradio then serves, from disk, only that folder and the files it put in its cache itself:
+    the runs' checkpoints, configs and metrics, and the dataset's images, stay out of reach."""
     gr = _gradio()
     folder = Path(tempfile.mkdtemp(prefix="resnet-serve-"))
     models = ModelCache()
@@ -238,19 +272,17 @@ def build_app(runs: list[Path]) -> tuple[Any, list[str]]:
     with gr.Blocks(title="resnet", analytics_enabled=False) as demo:
         gr.Markdown("# resnet: try a trained model")
         with gr.Tab("Classify"):
-            examples = _classify_tab(gr, usable, models, folder)
+            _classify_tab(gr, usable, models, folder)
         with gr.Tab("Runs"):
             _runs_tab(gr, demo, [str(r) for r in runs], folder)
-    folders = {str(folder)} | {str(Path(p).parent.resolve()) for p in examples}
-    folders |= {str((r.parent if r.is_file() else r).resolve()) for r in runs}
-    return demo, sorted(folders)
+    return demo, [str(folder)]
 
 
-def _classify_tab(gr, usable: list[str], models: ModelCache, folder: Path) -> list[str]:
-    """The Classify tab's components and events; returns the example images' paths."""
+def _classify_tab(gr, usable: list[str], models: ModelCache, folder: Path) -> None:
+    """The Classify tab's components and events; its examples are copied into ``folder``."""
     if not usable:
         gr.Markdown("No run with a checkpoint: name one (`resnet serve RUN_DIR`) or train one first.")
-        return []
+        return
     classes = models.get(usable[0])[1]["classes"]
     with gr.Row():
         with gr.Column():
@@ -282,7 +314,6 @@ def _classify_tab(gr, usable: list[str], models: ModelCache, folder: Path) -> li
     for trigger in (files.upload, pasted.change, target.change):
         trigger(run_classify, inputs, outputs)
     run.change(class_choices, [run], [target])
-    return examples
 
 
 def _runs_tab(gr, demo, runs: list[str], folder: Path) -> None:
@@ -304,7 +335,7 @@ def _runs_tab(gr, demo, runs: list[str], folder: Path) -> None:
         return run_brief(Path(run_dir)), curves_png(Path(run_dir), folder)
 
     def evaluated(run_dir):
-        views = eval_views(Path(run_dir))
+        views = eval_views(Path(run_dir), folder)
         missing = "" if views["confusion"] else (f"Run `resnet eval {run_dir}` for the confusion matrix, "
                                                  "most-confused pairs, per-class table and mistakes.")
         return (missing, views["confusion"], views["mistakes"], views["most_confused"] or [],
@@ -337,8 +368,8 @@ def serve(named: list[str], runs_dir: str, host: str = "127.0.0.1", port: int = 
     if host not in LOOPBACK:
         print(f"resnet serve: warning: listening on {host}: the app has no authentication; anyone who can "
               "reach this address can use it", file=sys.stderr)
-    demo, folders = build_app(runs)
+    demo, served = build_app(runs)
     theme = gr.themes.Default(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=host, server_port=port, share=False, theme=theme, ssr_mode=False, show_error=True,
-        inbrowser=False, max_file_size="200mb", footer_links=["api", "settings"], allowed_paths=folders)
+        inbrowser=False, max_file_size="200mb", footer_links=["api", "settings"], allowed_paths=served)
