@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from resnet.data import ImageArrays, ImageFiles, Source, open_rgb
-from resnet.plots import labels_in_any_script
+from resnet.plots import labels_in_any_script, save_figure
 
 
 @dataclass
@@ -86,8 +86,7 @@ def plot_mistakes(mistakes: list[Mistake], source: Source, path: Path, title: st
         axes[0, 0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
     fig.suptitle(title or "the most confident mistakes")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
 
 
 def format_pairs(pairs: list[tuple[str, str, int]], top: int = 5) -> str:

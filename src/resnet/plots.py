@@ -35,6 +35,17 @@ def labels_in_any_script() -> Iterator[None]:
         yield
 
 
+def save_figure(fig: plt.Figure, path: str | Path, dpi: int) -> None:
+    """Write a figure atomically (a reader, e.g. the app, never sees half a PNG; a full disk
+    is a DiskFull error) and close it."""
+    from resnet.checkpoint import write_atomic
+
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi))
+    finally:
+        plt.close(fig)
+
+
 def evaluated(history: list[dict]) -> list[dict]:
     """The metrics rows of the epochs that ended with an evaluation: every epoch, or every
     ``--eval-every``-th and the last (the others have no evaluation columns)."""
@@ -60,8 +71,7 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 @labels_in_any_script()
@@ -86,5 +96,4 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], path: Path, titl
                     ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
                             color="white" if shares[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
