@@ -1,9 +1,18 @@
-"""Bad and unusual input files: every image mode, links, hidden files, tiny classes, any script."""
+"""Bad and unusual input: every image mode, links, hidden files, FIFOs and devices, names that are
+not UTF-8, tiny classes and classes that unreadable files leave empty, any script, a cache folder
+that cannot be written, a run's data folder that is not there."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -182,3 +191,204 @@ def test_installed_fallback_fonts_are_tried_after_the_default(monkeypatch):
     with plots.labels_in_any_script():
         assert plt.rcParams["font.family"] == [*before, "DejaVu Serif"]
     assert plt.rcParams["font.family"] == before
+
+
+# --- files that are not regular files ------------------------------------------------------
+
+
+@contextmanager
+def fails_within(seconds: float):
+    """Fail the test, instead of hanging it, when the block blocks (on opening a FIFO)."""
+    def give_up(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def make_special(path: Path, kind: str) -> None:
+    if kind == "a FIFO":
+        os.mkfifo(path)
+    elif kind == "a character device":
+        path.symlink_to("/dev/null")
+    elif kind == "a socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))  # the file stays after the socket is closed
+        server.close()
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a character device", "a socket"])
+def test_opening_what_is_not_a_regular_file_says_what_it_is(tmp_path, kind):
+    make_special(tmp_path / "x.png", kind)
+    with fails_within(10), pytest.raises(ResnetError) as raised:
+        open_rgb(tmp_path / "x.png")
+    assert str(raised.value) == f"{tmp_path / 'x.png'}: {kind}, not a regular file"
+
+
+def test_predict_reports_a_fifo_and_classifies_the_other_files(tiny_run, tmp_path):
+    fifo, link = tmp_path / "x.jpg", tmp_path / "link.png"
+    os.mkfifo(fifo)
+    link.symlink_to(fifo)
+    good = tiny_run["data"] / "dog" / "0.png"
+    result = subprocess.run([sys.executable, "-m", "resnet", "predict", str(tiny_run["ckpt"]), str(fifo), str(link),
+                             str(good), "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout.startswith(f"{good}: ") and len(result.stdout.splitlines()) == 1
+    assert result.stderr.splitlines() == [f"resnet predict: {fifo}: a FIFO, not a regular file",
+                                          f"resnet predict: {link}: a FIFO, not a regular file"]
+
+
+def test_a_fifo_in_a_class_folder_is_reported_as_unreadable(folder):
+    os.mkfifo(folder / "a" / "fifo.png")
+    (folder / "b" / "link.png").symlink_to(folder / "a" / "fifo.png")
+    with fails_within(20), pytest.warns(UserWarning, match=r"skipping 2 unreadable image\(s\): .*fifo.png, .*link.png"):
+        splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
+    assert splits.skipped == [str(folder / "a" / "fifo.png"), str(folder / "b" / "link.png")]
+    assert len(splits.train) + len(splits.eval) == 18
+
+
+# --- names that are not UTF-8 --------------------------------------------------------------------
+
+
+def test_a_run_on_names_that_are_not_utf8_trains_and_evaluates(tmp_path, capsys):
+    from resnet.cli import main
+
+    odd = os.fsdecode(b"b\xff\xfe")  # undecodable bytes, kept by Python as lone surrogates
+    data = make_image_folder(tmp_path / "data", ["a", odd, "c"], per_class=4)
+    (data / "a" / "0.png").rename(data / "a" / os.fsdecode(b"bad\xff\xfename.png"))
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1", "--image-size", "32",
+                 "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(out), "--workers", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [row["class"] for row in result["per_class"]] == ["a", odd, "c"]
+    assert (out / "per_class.csv").read_text(encoding="utf-8").splitlines()[2].startswith("b\ufffd\ufffd,")
+    assert (out / "confusion_matrix.png").stat().st_size > 1000 and (out / "mistakes.png").exists()
+    (out / "most_confused.csv").read_text(encoding="utf-8")
+
+
+def test_an_overlay_titled_with_a_name_that_is_not_utf8_is_saved(tmp_path):
+    from resnet.explain import Explanation, save_overlay
+
+    explanation = Explanation("x.png", [], os.fsdecode(b"b\xff"), 0.5, torch.zeros(8, 8), np.zeros((8, 8, 3), np.uint8))
+    save_overlay(explanation, tmp_path / "x.cam.png")
+    assert (tmp_path / "x.cam.png").stat().st_size > 0
+
+
+# --- the decoded-image cache folder ------------------------------------------------------------
+
+
+@pytest.fixture
+def counted_decodes(folder, monkeypatch) -> list:
+    """Every ``open_rgb`` call of the decode, recorded."""
+    from resnet import data
+
+    calls = []
+    original = data.open_rgb
+    monkeypatch.setattr(data, "open_rgb", lambda *args, **kwargs: calls.append(args) or original(*args, **kwargs))
+    return calls
+
+
+def decode_folder(folder: Path) -> None:
+    from resnet.data import decode
+
+    decode(load_splits("imagefolder", str(folder), val_fraction=0.25).train, 32, workers=0)
+
+
+def test_a_cache_folder_that_is_a_file_is_an_error_before_any_decode(folder, tmp_path, monkeypatch, counted_decodes):
+    (tmp_path / "file").write_text("not a folder")
+    for cache, problem in [(tmp_path / "file", f"{tmp_path / 'file'} is a file, not a folder"),
+                           (tmp_path / "file" / "cache", f"{tmp_path / 'file'} is a file, not a folder")]:
+        monkeypatch.setenv("RESNET_CACHE", str(cache))
+        with pytest.raises(ResnetError, match=f"^RESNET_CACHE={re.escape(str(cache))}: {re.escape(problem)}; "
+                                              "set RESNET_CACHE to a folder that can be written"):
+            decode_folder(folder)
+    assert counted_decodes == []
+    monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "fine"))
+    decode_folder(folder)
+    assert len(counted_decodes) == 12  # 18 images, 2 of each class held out
+
+
+def test_the_default_cache_folder_is_named_when_resnet_cache_is_unset(folder, tmp_path, monkeypatch, counted_decodes):
+    monkeypatch.delenv("RESNET_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / ".cache").write_text("")
+    default = tmp_path / "home" / ".cache" / "resnet" / "decoded"
+    with pytest.raises(ResnetError, match=f"^the decoded-image cache {re.escape(str(default))} "
+                                          r"\(RESNET_CACHE is not set\): .*\.cache is a file, not a folder; "
+                                          "set RESNET_CACHE to a folder that can be written"):
+        decode_folder(folder)
+    assert counted_decodes == []
+
+
+def test_a_cache_folder_on_a_read_only_filesystem_is_an_error_before_any_decode(folder, tmp_path, monkeypatch,
+                                                                                 counted_decodes):
+    mount_point = tmp_path / "read-only"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        for cache in (mount_point, mount_point / "cache"):
+            monkeypatch.setenv("RESNET_CACHE", str(cache))
+            problem = r"cannot create (the folder|a file in it) \(Read-only file system\); "
+            with pytest.raises(ResnetError, match=f"^RESNET_CACHE={re.escape(str(cache))}: {problem}"):
+                decode_folder(folder)
+    finally:
+        subprocess.run(["umount", str(mount_point)], check=True)
+    assert counted_decodes == []
+
+
+# --- the data folder of an old run ---------------------------------------------------------------
+
+
+def test_a_missing_relative_data_dir_of_a_run_says_to_pass_data_dir(tmp_path, monkeypatch):
+    from resnet.evaluate import eval_source
+
+    monkeypatch.chdir(tmp_path)
+    checkpoint = {"config": {"dataset": "imagefolder", "data_dir": "d9"}, "classes": ["a", "b"]}
+    with pytest.raises(ResnetError, match=r"^the run's data_dir d9 \(a relative path, read from .*\) does not "
+                                          r"exist; pass --data-dir DIR to point at the data$"):
+        eval_source(checkpoint)
+
+
+# --- classes that unreadable files leave without images ----------------------------------------------
+
+
+def test_a_class_whose_held_out_image_is_unreadable_is_named(tmp_path):
+    from resnet.data import list_class_folders, stratified_split
+
+    root = make_image_folder(tmp_path / "images", ["big", "other", "small"], per_class=5)
+    for extra in ("3.png", "4.png"):
+        (root / "small" / extra).unlink()
+    _, samples = list_class_folders(root)
+    _, held_out = stratified_split(samples, 0.2, seed=0)
+    (would_be_held,) = [path for path, label in held_out if label == 2]
+    would_be_held.write_bytes(b"not an image")
+    with pytest.warns(UserWarning) as caught:
+        splits = load_splits("imagefolder", str(root), val_fraction=0.2)
+    messages = [str(w.message) for w in caught]
+    assert any(re.fullmatch(r"1 class\(es\) have too few images to hold one out.*: small", m) for m in messages)
+    assert 2 not in splits.eval.labels and splits.train.labels.count(2) == 2
+
+
+def test_classes_left_without_readable_training_or_validation_images_are_named(tmp_path):
+    root = tmp_path / "images"
+    make_image_folder(root / "train", ["a", "b", "c"], per_class=2)
+    make_image_folder(root / "val", ["a", "b", "c"], per_class=1)
+    for path in (root / "train" / "b").iterdir():
+        path.write_bytes(b"not an image")
+    (root / "val" / "c" / "0.png").write_bytes(b"not an image")
+    with pytest.warns(UserWarning) as caught:
+        load_splits("imagefolder", str(root))
+    messages = [str(w.message) for w in caught]
+    assert "1 class(es) have no readable training image: b" in messages
+    assert "1 class(es) have no readable validation image: c" in messages

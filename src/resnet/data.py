@@ -11,6 +11,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
+import stat
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +41,7 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
     ``draft_size``: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling,
     several times faster), staying at least this size on both sides; other formats ignore it.
     """
-    with Image.open(path) as image:
+    with open_image(path) as image:
         if draft_size is not None:
             image.draft("RGB", (draft_size, draft_size))
         image = ImageOps.exif_transpose(image)
@@ -49,6 +52,34 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
             background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, rgba).convert("RGB")
         return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """``Image.open``, once ``path`` is known to be a regular file (``check_regular_file``)."""
+    check_regular_file(path)
+    return Image.open(path)
+
+
+# What a path can be besides a regular file, by the test of its stat mode.
+NOT_REGULAR = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+               (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def check_regular_file(path: str | os.PathLike) -> None:
+    """A ResnetError naming what ``path`` is when it is not a regular file: opening a FIFO
+    waits for a writer forever, and a device or socket never holds an image. Links are
+    followed (a link to a FIFO is a FIFO); a missing file raises ``FileNotFoundError``."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = next((name for test, name in NOT_REGULAR if test(mode)), "a special file")
+        raise ResnetError(f"{os.fspath(path)}: {kind}, not a regular file")
+
+
+def printable(name: str) -> str:
+    """``name`` with each byte that was not UTF-8 (``os.fsdecode`` keeps such bytes as lone
+    surrogates) shown as U+FFFD: text that any file, font or terminal accepts, for labels
+    and tables meant to be read. Paths and class names themselves stay as they are."""
+    return re.sub(r"[\ud800-\udfff]", "\N{REPLACEMENT CHARACTER}", name)
 
 
 # Pillow's own conversion of these to RGB clips at 255: a 16-bit photo becomes white.
@@ -181,10 +212,11 @@ def flowers102_splits(data_dir: str | None, split: str) -> DataSplits:
 
 def image_files_under(folder: Path) -> list[Path]:
     """Image files below ``folder`` by extension, sorted. Hidden files and folders
-    (``.ipynb_checkpoints``, macOS's ``._photo.png``) are not images of the set; a broken
-    link is kept, so that reading it fails and is reported like any unreadable file."""
+    (``.ipynb_checkpoints``, macOS's ``._photo.png``) are not images of the set. Anything
+    else with an image's name is kept, a broken link, a FIFO or a device as much as a
+    regular file, so that reading it fails and is reported like any unreadable file."""
     return sorted(p for p in folder.rglob("*")
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_file() or p.is_symlink())
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and (p.is_symlink() or not p.is_dir())
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
@@ -205,70 +237,108 @@ def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 
 
 def find_unreadable(paths: Sequence[Path]) -> list[Path]:
-    """Files that fail to decode completely (corrupt, truncated, not an image)."""
+    """Files that fail to decode completely (corrupt, truncated, not an image, not a regular file)."""
     bad = []
     for path in paths:
         try:
-            with Image.open(path) as image:
+            with open_image(path) as image:
                 image.load()
         except Exception:
             bad.append(path)
     return bad
 
 
+Samples = list[tuple[Path, int]]  # (image file, label)
+
+
 def imagefolder_splits(root: Path, val_fraction: float, seed: int, strict: bool) -> DataSplits:
+    """DIR/train + DIR/val as they are, or DIR/<class>/... split per class. Unreadable files
+    are left out first, so that the split, and the warnings about classes left without a
+    training or a validation image, are about the images that will really be used."""
     if (root / "train").is_dir():
-        classes, train_samples = list_class_folders(root / "train")
-        val_classes, val_samples = list_class_folders(root / "val") if (root / "val").is_dir() else (classes, [])
-        if not val_samples:
-            raise ResnetError(f"{root}/train exists but {root}/val does not (or is empty)")
-        if val_classes != classes:
-            raise ResnetError(f"{root}/train and {root}/val have different class folders")
+        classes, train_samples, val_samples, bad = train_and_val_folders(root, strict)
+        no_val = "no readable validation image"
     else:
-        classes, samples = list_class_folders(root)
-        if not 0 < val_fraction < 1:
-            raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-        train_samples, val_samples = stratified_split(samples, val_fraction, seed)
-        check_held_out(classes, samples, val_samples, val_fraction)
+        classes, train_samples, val_samples, bad = split_class_folders(root, val_fraction, seed, strict)
+        no_val = "too few images to hold one out, so no validation image"
+    warn_of_classes_without(classes, train_samples, "no readable training image")
+    warn_of_classes_without(classes, val_samples, no_val)
 
-    bad = set(find_unreadable([p for p, _ in train_samples + val_samples]))
-    if bad:
-        listing = ", ".join(str(p) for p in sorted(bad))
-        if strict:
-            raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
-        warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=2)
-    train_samples = [s for s in train_samples if s[0] not in bad]
-    val_samples = [s for s in val_samples if s[0] not in bad]
-    if not train_samples or not val_samples:
-        raise ResnetError(f"no readable images left in {root} for training and validation")
-
-    def files(samples: list[tuple[Path, int]]) -> ImageFiles:
+    def files(samples: Samples) -> ImageFiles:
         return ImageFiles([p for p, _ in samples], [label for _, label in samples])
 
     return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val",
                       skipped=[str(p) for p in sorted(bad)])
 
 
-def check_held_out(classes: list[str], samples: list[tuple[Path, int]], held_out: list[tuple[Path, int]],
-                   fraction: float) -> None:
-    """An error when nothing is held out for validation; a warning naming the classes that
-    have no validation image (too few images to spare one)."""
-    held = {label for _, label in held_out}
-    if not held:
-        counts = np.bincount([label for _, label in samples], minlength=len(classes))
-        if counts.max() == 1:
-            raise ResnetError("every class has a single image: nothing to hold out for validation; "
-                              "add images or use DIR/train + DIR/val")
-        raise ResnetError(f"--val-fraction {fraction:g} holds out no image of any class (the largest has "
-                          f"{counts.max()}); raise it, add images, or use DIR/train + DIR/val")
-    missing = [name for label, name in enumerate(classes) if label not in held]
+def train_and_val_folders(root: Path, strict: bool) -> tuple[list[str], Samples, Samples, set[Path]]:
+    """Classes, training and validation samples of DIR/train + DIR/val, less the unreadable files."""
+    classes, train_samples = list_class_folders(root / "train")
+    val_classes, val_samples = list_class_folders(root / "val") if (root / "val").is_dir() else (classes, [])
+    if not val_samples:
+        raise ResnetError(f"{root}/train exists but {root}/val does not (or is empty)")
+    if val_classes != classes:
+        raise ResnetError(f"{root}/train and {root}/val have different class folders")
+    bad = skip_unreadable(train_samples + val_samples, strict)
+    train_samples, val_samples = without(train_samples, bad), without(val_samples, bad)
+    if not train_samples or not val_samples:
+        raise ResnetError(f"no readable images left in {root} for training and validation")
+    return classes, train_samples, val_samples, bad
+
+
+def split_class_folders(root: Path, val_fraction: float, seed: int,
+                        strict: bool) -> tuple[list[str], Samples, Samples, set[Path]]:
+    """Classes, training and held-out samples of DIR/<class>/...: the readable files, split
+    per class in a seeded order."""
+    classes, samples = list_class_folders(root)
+    if not 0 < val_fraction < 1:
+        raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    bad = skip_unreadable(samples, strict)
+    samples = without(samples, bad)
+    if not samples:
+        raise ResnetError(f"no readable images left in {root} for training and validation")
+    train_samples, val_samples = stratified_split(samples, val_fraction, seed)
+    check_held_out(classes, samples, val_samples, val_fraction)
+    return classes, train_samples, val_samples, bad
+
+
+def skip_unreadable(samples: Samples, strict: bool) -> set[Path]:
+    """The unreadable files among ``samples``, after a warning naming them (with ``strict``, an error)."""
+    bad = set(find_unreadable([p for p, _ in samples]))
+    if bad:
+        listing = ", ".join(str(p) for p in sorted(bad))
+        if strict:
+            raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
+        warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=4)
+    return bad
+
+
+def without(samples: Samples, bad: set[Path]) -> Samples:
+    return [s for s in samples if s[0] not in bad]
+
+
+def check_held_out(classes: list[str], samples: Samples, held_out: Samples, fraction: float) -> None:
+    """An error when nothing at all is held out for validation."""
+    if held_out:
+        return
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    if counts.max() == 1:
+        raise ResnetError("every class has a single image: nothing to hold out for validation; "
+                          "add images or use DIR/train + DIR/val")
+    raise ResnetError(f"--val-fraction {fraction:g} holds out no image of any class (the largest has "
+                      f"{counts.max()}); raise it, add images, or use DIR/train + DIR/val")
+
+
+def warn_of_classes_without(classes: list[str], samples: Samples, problem: str) -> None:
+    """A warning naming the classes that have no image among ``samples`` (``problem`` says what they lack)."""
+    present = {label for _, label in samples}
+    missing = [name for label, name in enumerate(classes) if label not in present]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        warnings.warn(f"{len(missing)} class(es) have too few images to hold one out, so no validation "
-                      f"image: {shown}", stacklevel=3)
+        warnings.warn(f"{len(missing)} class(es) have {problem}: {shown}", stacklevel=3)
 
 
-def stratified_split(samples: list[tuple[Path, int]], fraction: float, seed: int):
+def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:
     """Split each class in a seeded random order; every class keeps at least one training image."""
     generator = torch.Generator().manual_seed(seed)
     train, held_out = [], []
@@ -310,11 +380,37 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RESNET_CACHE", Path.home() / ".cache" / "resnet" / "decoded"))
 
 
+def check_cache_dir(folder: Path) -> None:
+    """Make the cache folder and create (then delete) a file in it, or a one-line ResnetError
+    that says why not and what to do: called before a decode, so that a folder that cannot
+    hold the cache fails at once instead of after minutes of decoding."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResnetError(cache_dir_problem(folder, "cannot create the folder", error)) from None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".probe-", dir=folder):
+            pass
+    except OSError as error:
+        raise ResnetError(cache_dir_problem(folder, "cannot create a file in it", error)) from None
+
+
+def cache_dir_problem(folder: Path, failed: str, error: OSError) -> str:
+    """The error's text: which cache folder (RESNET_CACHE's or the default), what is wrong, what to do."""
+    where = (f"RESNET_CACHE={os.environ['RESNET_CACHE']}" if "RESNET_CACHE" in os.environ
+             else f"the decoded-image cache {folder} (RESNET_CACHE is not set)")
+    # Being a file, or under one, is the usual mistake; say which file it is.
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    problem = f"{blocking} is a file, not a folder" if blocking else f"{failed} ({error.strerror or error})"
+    return f"{where}: {problem}; set RESNET_CACHE to a folder that can be written"
+
+
 def fingerprint(source: ImageFiles, size: int, draft: bool = False) -> str:
     digest = hashlib.sha256(f"v2 {size} draft={draft}".encode())
     for path, label in zip(source.paths, source.labels):
-        stat = path.stat()
-        digest.update(f"{path.resolve()} {stat.st_size} {stat.st_mtime_ns} {label}\n".encode())
+        info = path.stat()
+        # fsencode: a name need not be valid UTF-8 (its odd bytes are surrogates in the str).
+        digest.update(os.fsencode(path.resolve()) + f" {info.st_size} {info.st_mtime_ns} {label}\n".encode())
     return digest.hexdigest()[:24]
 
 
@@ -343,6 +439,8 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
     path = cache_file(source, size, draft) if use_disk_cache else None
     if path is not None and path.exists():
         return DecodedImages(torch.from_numpy(np.load(path, mmap_mode="c")), labels)
+    if path is not None:
+        check_cache_dir(path.parent)
 
     images = np.empty((len(source), 3, size, size), np.uint8)
     files = ImageFiles(source.paths, source.labels, _ResizeToTensor(size), draft_size=size if draft else None)
@@ -353,7 +451,6 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
         images[start:start + len(batch)] = batch.numpy()
         start += len(batch)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         # Atomic: a concurrent or killed run never sees half a file.
         write_atomic(path, lambda f: np.save(f, images))
     return DecodedImages(torch.from_numpy(images), labels)

@@ -24,7 +24,8 @@ from resnet import augment, distributed
 from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.checkpoint import load_checkpoint
 from resnet.config import MAX_IMAGE_SIZE, TrainConfig
-from resnet.data import DATASETS, DecodedImages, ImageArrays, ImageFiles, Source, classic_loader, decode, load_splits
+from resnet.data import (DATASETS, DecodedImages, ImageArrays, ImageFiles, Source, classic_loader, decode, load_splits,
+                         printable)
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.hardware import autocast, select_device
@@ -115,6 +116,7 @@ def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir
     dataset = dataset or config.dataset
     if data_dir is None and same_dataset:
         data_dir = config.data_dir
+        check_stored_data_dir(dataset, data_dir)
     split = split or config.split
     if subset not in SUBSETS:
         raise ResnetError(f"unknown subset {subset!r}; choose one of: {', '.join(SUBSETS)}")
@@ -127,6 +129,16 @@ def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir
     name = splits.eval_name if subset == "eval" else subset
     where = {"dataset": dataset, "data_dir": data_dir, "split": split, "subset": name}
     return relabel(source, splits.classes, checkpoint["classes"]), list(splits.classes), name, where
+
+
+def check_stored_data_dir(dataset: str, data_dir: str | None) -> None:
+    """A one-line error when the data folder a run recorded is not there: the run may have
+    been trained elsewhere, or given a path relative to another working directory."""
+    if dataset == "petals" or data_dir is None or Path(data_dir).exists():
+        return
+    relative = "" if Path(data_dir).is_absolute() else f" (a relative path, read from {Path.cwd()})"
+    raise ResnetError(f"the run's data_dir {data_dir}{relative} does not exist; "
+                      "pass --data-dir DIR to point at the data")
 
 
 def concatenate(parts: list[Source]) -> Source:
@@ -262,7 +274,8 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
     writer = csv.DictWriter(buffer, fieldnames=("class", "images", "correct", "accuracy"), lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "accuracy": "" if row["accuracy"] is None else f"{row['accuracy']:.6f}"})
+        writer.writerow({**row, "class": printable(row["class"]),
+                         "accuracy": "" if row["accuracy"] is None else f"{row['accuracy']:.6f}"})
     path.write_text(buffer.getvalue())
 
 
@@ -290,7 +303,9 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     except OSError as error:
         raise ResnetError(f"cannot write to {out_dir}: {error.strerror or error}") from None
     png, table = out_dir / "confusion_matrix.png", out_dir / "per_class.csv"
-    plot_confusion(result["confusion"], checkpoint["classes"], png,
+    # The PNGs and CSVs are for reading: a name's bytes that are not UTF-8 show as U+FFFD
+    # (the returned result keeps the names as they are).
+    plot_confusion(result["confusion"], [printable(name) for name in checkpoint["classes"]], png,
                    f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")
     write_per_class_csv(result["per_class"], table)
     failures = write_failure_views(result, checkpoint["classes"], source, out_dir, mistakes)
@@ -305,14 +320,15 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
 
 def write_failure_views(result: dict[str, Any], classes: list[str], source: Source, out_dir: Path,
                         mistakes: int) -> dict[str, Any]:
-    """most_confused.csv and mistakes.png (skipped when ``mistakes`` is 0) in ``out_dir``."""
+    """most_confused.csv and mistakes.png (skipped when ``mistakes`` is 0) in ``out_dir``;
+    the returned pairs keep the class names as they are, the files show them ``printable``."""
     from resnet.mistakes import most_confused, plot_mistakes, worst_mistakes, write_most_confused_csv
 
     pairs = most_confused(result["confusion"], classes)
-    write_most_confused_csv(pairs, out_dir / "most_confused.csv")
+    write_most_confused_csv([(printable(t), printable(p), n) for t, p, n in pairs], out_dir / "most_confused.csv")
     views = {"most_confused_csv": str(out_dir / "most_confused.csv"), "most_confused": pairs}
     if mistakes > 0:
-        worst = worst_mistakes(result["logits"], result["labels"], classes, mistakes)
+        worst = worst_mistakes(result["logits"], result["labels"], [printable(c) for c in classes], mistakes)
         plot_mistakes(worst, source, out_dir / "mistakes.png", f"the {len(worst)} most confident mistakes")
         views["mistakes_png"] = str(out_dir / "mistakes.png")
     return views

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from resnet.data import printable
 from resnet.errors import ResnetError
 from resnet.model import FlipTTA
 from resnet.plots import labels_in_any_script
@@ -115,7 +116,7 @@ def explain_image(model: nn.Module, checkpoint: dict[str, Any], path: str | os.P
     try:
         image = load_image(path, norm["image_size"])
     except Exception as error:  # not an image, truncated, unreadable
-        raise ResnetError(f"{path}: {describe_error(error)}") from None
+        raise ResnetError(f"{path}: {describe_error(error, path)}") from None
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
     normalized = normalize(image[None].to(device))
     top = rank_classes(model.eval().to(device), normalized, classes, len(classes))[0]
@@ -131,7 +132,7 @@ def save_overlay(explanation: Explanation, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(4, 4.4))
     ax.imshow(explanation.overlay)
-    ax.set_title(f"{explanation.target}: {100 * explanation.probability:.1f}%", fontsize=11)
+    ax.set_title(f"{printable(explanation.target)}: {100 * explanation.probability:.1f}%", fontsize=11)
     ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from resnet.data import IMAGE_EXTENSIONS, _ResizeToTensor, image_files_under, open_rgb
+from resnet.errors import ResnetError
 
 
 @dataclass
@@ -70,7 +71,7 @@ def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence
                 try:
                     images.append(load_image(path, norm["image_size"]))
                 except Exception as error:  # not an image, truncated, unreadable: report and go on
-                    problem = describe_error(error)
+                    problem = describe_error(error, path)
             chunk.append(Prediction(path, error=problem))
         if images:
             good = (p for p in chunk if p.error is None)
@@ -89,10 +90,14 @@ def rank_classes(model: nn.Module, batch: torch.Tensor, classes: list[str], k: i
             for row_p, row_i in zip(probabilities.tolist(), indices.tolist())]
 
 
-def describe_error(error: BaseException) -> str:
-    """Why a file could not be read, on one line: the exception's type and first line."""
+def describe_error(error: BaseException, path: str | os.PathLike | None = None) -> str:
+    """Why a file could not be read, on one line: the exception's type and first line. A
+    ``ResnetError`` already speaks to the user, so it reads as its message alone, less the
+    ``path: `` it may begin with (the caller names the file)."""
     text = str(error).strip()
     text = text.splitlines()[0] if text else ""
+    if isinstance(error, ResnetError):
+        return text.removeprefix(f"{os.fspath(path)}: ") if path is not None else text
     return f"{type(error).__name__}: {text[:200]}" if text else type(error).__name__
 
 
