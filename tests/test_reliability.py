@@ -351,3 +351,27 @@ def test_eval_into_a_closed_pipe_exits_quietly(folder, tmp_path):
     err = process.stderr.read().decode()
     assert process.wait(timeout=120) == 128 + signal.SIGPIPE
     assert err == "", err
+
+
+class SlowItems(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> int:
+        time.sleep(0.2)
+        return index
+
+
+def test_data_workers_leave_a_group_sigterm_to_the_main_process():
+    """Slurm and a terminal signal the whole process group: a worker must not die of it."""
+    from resnet.signals import leave_signals_to_the_main_process
+
+    loader = torch.utils.data.DataLoader(SlowItems(), batch_size=1, num_workers=2,
+                                         worker_init_fn=leave_signals_to_the_main_process)
+    seen = []
+    for batch in (iterator := iter(loader)):
+        if not seen:
+            for worker in iterator._workers:
+                os.kill(worker.pid, signal.SIGTERM)
+        seen.append(int(batch))
+    assert seen == list(range(8))

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from resnet import petals
 from resnet.checkpoint import write_atomic
 from resnet.errors import ResnetError
+from resnet.signals import leave_signals_to_the_main_process
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 DATASETS = ("petals", "flowers102", "imagefolder")
@@ -422,12 +423,13 @@ def cache_file(source: Source, size: int, draft: bool = False) -> Path | None:
 
 
 def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = True,
-           draft: bool = False) -> DecodedImages:
+           draft: bool = False, check_stop: Callable[[], None] | None = None) -> DecodedImages:
     """Decode a split once into uint8 (N, 3, size, size), reusing a cache file when one matches.
 
     ``draft``: decode JPEGs at a reduced scale first (``open_rgb``). For training caches
     only: their random crops are resampled anyway, while evaluation and ``resnet predict``
-    share the full decode, so a model is scored on exactly what predict gives it."""
+    share the full decode, so a model is scored on exactly what predict gives it.
+    ``check_stop`` is called after every batch (a stop request raises there)."""
     labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
     if isinstance(source, ImageArrays):
         images = torch.from_numpy(source.images)
@@ -444,12 +446,14 @@ def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = T
 
     images = np.empty((len(source), 3, size, size), np.uint8)
     files = ImageFiles(source.paths, source.labels, _ResizeToTensor(size), draft_size=size if draft else None)
-    loader = DataLoader(files, batch_size=64,
-                        num_workers=workers, shuffle=False)
+    loader = DataLoader(files, batch_size=64, num_workers=workers, shuffle=False,
+                        worker_init_fn=leave_signals_to_the_main_process)
     start = 0
     for batch, _ in loader:
         images[start:start + len(batch)] = batch.numpy()
         start += len(batch)
+        if check_stop is not None:
+            check_stop()
     if path is not None:
         # Atomic: a concurrent or killed run never sees half a file.
         write_atomic(path, lambda f: np.save(f, images))
@@ -463,4 +467,5 @@ def classic_loader(source: Source, batches: list[torch.Tensor], transform: Calla
     dataset = copy.copy(source)
     dataset.transform = transform
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,
-                      persistent_workers=False, generator=torch.Generator().manual_seed(seed))
+                      persistent_workers=False, generator=torch.Generator().manual_seed(seed),
+                      worker_init_fn=leave_signals_to_the_main_process)

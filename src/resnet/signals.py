@@ -77,3 +77,11 @@ class StopSignals:
         """Raise ``Stopped`` if a signal came (and was not acted on)."""
         if self.signum is not None:
             raise Stopped(self.signum)
+
+
+def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """A DataLoader worker's ``worker_init_fn``: a SIGTERM or Ctrl-C sent to the whole
+    process group (Slurm, a terminal) is the main process's to act on; a worker it killed
+    would turn a clean stop into a DataLoader error."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)

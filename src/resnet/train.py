@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +230,7 @@ def augment_spec(config: TrainConfig) -> AugmentSpec:
 
 
 def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology,
-                   draft: bool = False) -> DecodedImages:
+                   draft: bool = False, check_stop: Callable[[], None] | None = None) -> DecodedImages:
     """One process per machine (local rank 0) decodes, or finds the cache file on that
     machine's disk; the machine's other processes then memory-map its file. Every machine
     has a decoder, since a cache file on one machine's disk is of no use to another."""
@@ -241,7 +241,7 @@ def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Top
     if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
         print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
               file=sys.stderr, flush=True)
-    data = decode(source, size, workers=config.workers, draft=draft)
+    data = decode(source, size, workers=config.workers, draft=draft, check_stop=check_stop)
     if decoder:
         distributed.barrier(topology)
     return data
@@ -389,11 +389,11 @@ class Run:
         self.fast_batches, self.eval_data = None, None
         if config.pipeline == "fast":
             train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology,
-                                        draft=True)
-            self.stop.check()
+                                        draft=True, check_stop=self.stop.check)
+            self.stop.check()  # a request made where it could not raise, with nothing left to decode
             self.fast_batches = FastTrainBatches(train_data, config, self.device)
             self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
-                                            self.topology)
+                                            self.topology, check_stop=self.stop.check)
             self.stop.check()
         self.steps_per_epoch = len(self.epoch_batches(0))
 
