@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from resnet import checkpoint as checkpoint_module, data as data_module, rundir, train as train_module
+from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir, train as train_module
 from resnet.checkpoint import load_checkpoint
 from resnet.cli import main
 from resnet.config import resolve_config
@@ -236,13 +236,13 @@ def test_sigterm_mid_epoch_saves_and_resumes_bit_exact(folder, tmp_path, monkeyp
 
 
 def test_a_signal_before_the_first_checkpoint_leaves_no_directory(folder, tmp_path, monkeypatch, capsys):
-    real = data_module.decode
+    real = cache_module.decode
 
     def decode_then_signal(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler raises here, as it would inside the decode
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "decode", decode_then_signal)
+    monkeypatch.setattr(pipeline, "decode", decode_then_signal)
     assert main(train_args(folder, tmp_path / "run", "--epochs", "1")) == 128 + signal.SIGTERM
     assert "stopped by SIGTERM before the first checkpoint: nothing to keep" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
@@ -253,7 +253,7 @@ def test_a_signal_before_the_first_checkpoint_leaves_no_directory(folder, tmp_pa
 def test_a_swallowed_ctrl_c_during_the_decode_still_stops_the_run(folder, tmp_path, monkeypatch, capsys):
     """Python drops an exception raised in a fork handler (a DataLoader starting workers):
     the request itself must survive that."""
-    real = data_module.decode
+    real = cache_module.decode
 
     def decode_swallowing(*args, **kwargs):
         try:
@@ -262,7 +262,7 @@ def test_a_swallowed_ctrl_c_during_the_decode_still_stops_the_run(folder, tmp_pa
             pass  # "Exception ignored in: <function _releaseLock ...>"
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "decode", decode_swallowing)
+    monkeypatch.setattr(pipeline, "decode", decode_swallowing)
     assert main(train_args(folder, tmp_path / "run", "--epochs", "1")) == 130
     assert "stopped by SIGINT before the first checkpoint" in one_line_error(capsys)
     assert not (tmp_path / "run").exists()
@@ -329,7 +329,7 @@ def test_a_truncated_last_pt_names_best_pt_before_any_decode(folder, tmp_path, m
     out = tmp_path / "run"
     assert main(train_args(folder, out, "--epochs", "1")) == 0
     (out / "last.pt").write_bytes((out / "last.pt").read_bytes()[:5000])
-    monkeypatch.setattr(train_module, "decode", lambda *a, **k: pytest.fail("decoded before the error"))
+    monkeypatch.setattr(pipeline, "decode", lambda *a, **k: pytest.fail("decoded before the error"))
     capsys.readouterr()
     assert main(["train", "--resume", str(out), "--epochs", "2"]) == 2
     err = one_line_error(capsys)

@@ -22,7 +22,10 @@ from resnet import augment, train as train_module
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.cli import main
 from resnet.config import TrainConfig, resolve_config
-from resnet.data import PETALS_SIZES, decode, load_splits, open_rgb
+from resnet.cache import Store, decode
+from resnet.data import PETALS_SIZES, load_splits, open_rgb
+from resnet.distributed import Topology
+from resnet.pipeline import FastTrainBatches, augment_spec, load_run_data
 from resnet.errors import ResnetError
 from resnet.petals import CLASSES, make_petals
 
@@ -54,7 +57,7 @@ def test_tutorial_recipe_is_the_tutorials():
         T.RandomRotation(30), T.RandomResizedCrop((224, 224)), T.RandomHorizontalFlip(p=0.5),
         T.RandomVerticalFlip(p=0.5), T.ToTensor(), T.Normalize(mean=mean, std=std)])
     tutorial_test = T.Compose([T.Resize((224, 224)), T.ToTensor(), T.Normalize(mean=mean, std=std)])
-    ours_train = augment.classic_train_transform(train_module.augment_spec(config), config.image_size)
+    ours_train = augment.classic_train_transform(augment_spec(config), config.image_size)
     ours_test = augment.classic_eval_transform(config.resolved_eval_image_size())
     assert repr(ours_train) == repr(tutorial_train)
     assert repr(ours_test) == repr(tutorial_test)
@@ -178,11 +181,17 @@ def test_unreadable_files_are_listed_once_and_skipped(folder):
     jpeg = folder / "b" / "truncated.jpg"
     Image.open(good).save(jpeg, quality=95)
     jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) // 2])
+    splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
+    assert len(splits.train) + len(splits.eval) == 20  # listed, not read
+    config = resolve_config({"dataset": "imagefolder", "image_size": 32, "workers": 0})
     with pytest.warns(UserWarning, match=r"skipping 2 unreadable image\(s\): .*broken.png.*truncated.jpg"):
-        splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
-    assert len(splits.train) + len(splits.eval) == 18 and len(splits.skipped) == 2
-    with pytest.raises(ResnetError, match=r"2 unreadable image\(s\)"):
-        load_splits("imagefolder", str(folder), strict=True)
+        kept = load_run_data(splits, config, Topology()).splits
+    assert len(kept.train) + len(kept.eval) == 18 and len(kept.skipped) == 2
+    for pipeline in ("fast", "classic"):  # found by the decode, or by the classic pipeline's one check
+        strict = resolve_config({"dataset": "imagefolder", "image_size": 32, "workers": 0, "strict": True,
+                                 "pipeline": pipeline})
+        with pytest.raises(ResnetError, match=r"2 unreadable image\(s\)"):
+            load_run_data(splits, strict, Topology())
 
 
 def test_odd_image_modes_become_upright_rgb(tmp_path):
@@ -282,14 +291,15 @@ def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, ca
 def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
     source = load_splits("imagefolder", str(folder)).train
     first = decode(source, 16, workers=0)
-    monkeypatch.setattr("resnet.data.DataLoader", None)  # a second decode would fail
+    monkeypatch.setattr("resnet.cache.DataLoader", None)  # a second decode would fail
     second = decode(source, 16, workers=0)
-    torch.testing.assert_close(first.images, second.images)
-    assert first.images.shape == (len(source), 3, 16, 16) and first.images.dtype == torch.uint8
+    every = torch.arange(len(source))
+    torch.testing.assert_close(first.gather(every), second.gather(every))
+    assert first.gather(every).shape == (len(source), 3, 16, 16) and first.images.dtype == torch.uint8
 
 
 def test_draft_decoded_training_cache_is_close_to_the_full_decode(tmp_path):
-    from resnet.data import ImageFiles, cache_file
+    from resnet.data import ImageFiles
 
     # A smooth 400x300 photo-like image: libjpeg's 1/4-scale decode (100x75) then the resize to 64.
     y, x = np.mgrid[0:300, 0:400] / 60.0
@@ -300,7 +310,7 @@ def test_draft_decoded_training_cache_is_close_to_the_full_decode(tmp_path):
     assert drafted.images.shape == full.images.shape == (1, 3, 64, 64)
     difference = (drafted.images.float() - full.images.float()).abs().mean().item()
     assert 0 < difference < 3  # really decoded another way, and close
-    assert cache_file(source, 64, draft=True) != cache_file(source, 64)  # never mistaken for each other
+    assert Store.for_files(source.paths, 64, True).folder != Store.for_files(source.paths, 64, False).folder
 
 
 # --- a run and its outputs -------------------------------------------------------------------
@@ -749,12 +759,11 @@ def test_epoch_batches_shard_the_permutation_disjointly():
 
 
 def test_a_shared_batch_is_augmented_as_a_whole_one():
-    from resnet.data import DecodedImages
-    from resnet.distributed import Topology
+    from resnet.cache import DecodedImages
 
     data = DecodedImages((torch.rand(6, 3, 16, 16) * 255).to(torch.uint8), torch.arange(6))
     config = resolve_config({"image_size": 32, "color_jitter": 0.3, "rotation": 30})
-    batches = train_module.FastTrainBatches(data, config, torch.device("cpu"))
+    batches = FastTrainBatches(data, config, torch.device("cpu"))
     batch = torch.tensor([5, 0, 3, 1])
     whole, labels = batches(batch, train_module.generator_for(0, 0, 0), 32)
     for rank in (0, 1):

@@ -37,11 +37,13 @@ from PIL import Image
 
 from resnet import augment, petals
 from resnet.config import MAX_IMAGE_SIZE, resolve_config
-from resnet.data import ImageFiles, cache_dir, classic_loader, decode, flowers102_splits, list_class_folders
+from resnet.cache import cache_dir, decode
+from resnet.data import ImageFiles, classic_loader, flowers102_splits, list_class_folders
 from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
 from resnet.model import get_model
-from resnet.train import FastTrainBatches, TrainStep, augment_spec, generator_for, has_fused_optimizer
+from resnet.pipeline import FastTrainBatches, augment_spec
+from resnet.train import TrainStep, generator_for, has_fused_optimizer
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9

@@ -129,7 +129,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its mirror image's (default: as the run did)")
     p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=nonnegative_int, default=2, help="image decoding processes (default 2)")
+    p.add_argument("--workers", type=nonnegative_int, default=None,
+                   help="image decoding processes (default: one per CPU this process may use)")
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
     p.add_argument("--mistakes", type=nonnegative_int, default=16, metavar="N",
                    help="show the N most confident mistakes in mistakes.png (default 16; 0: no PNG)")

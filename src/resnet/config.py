@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet.errors import ResnetError
+from resnet.hardware import available_cpus
 from resnet.model import list_models
 
 
@@ -82,7 +83,8 @@ class TrainConfig:
     pipeline: str = option("fast", "fast (decoded cache + batched augmentation) | classic (the tutorial's)")
     compile: bool = option(False, "torch.compile the model")
     channels_last: bool = option(True, "channels-last memory format")
-    workers: int = option(os.cpu_count() or 1, "decoding / classic DataLoader processes (default: one per core)")
+    workers: int = option(available_cpus(), "decoding / classic DataLoader processes (default: one per CPU this "
+                                            "process may use)")
     sync_bn: bool = option(False, "under torchrun: SyncBatchNorm across ranks")
     seed: int = option(0, "seeds the initialization, the batches and the augmentation")
     out: str | None = option(None, "the run directory (default: runs/<dataset>-<arch>-<timestamp>)")

@@ -1,15 +1,13 @@
-"""Datasets, splits, class names, and the decoded-image cache.
+"""Datasets, splits, class names, and how one image is read.
 
 Every source becomes an ``ImageFiles`` (paths and labels) or, for the built-in
-petals, arrays already in memory. The fast path decodes each image once into a
-uint8 tensor (N, 3, S, S); a source on disk keeps that cache as a ``.npy`` file
-that later runs memory-map instead of decoding again.
+petals, arrays already in memory. Listing a dataset reads no image: the decode
+(``resnet.cache``) reads each once, and finds the unreadable ones as it goes.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import re
 import stat
@@ -25,7 +23,6 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 
 from resnet import petals
-from resnet.checkpoint import write_atomic
 from resnet.errors import ResnetError
 from resnet.signals import leave_signals_to_the_main_process
 
@@ -158,8 +155,8 @@ class DataSplits:
 
 
 def load_splits(dataset: str, data_dir: str | None = None, split: str = "tutorial", val_fraction: float = 0.2,
-                seed: int = 0, strict: bool = False) -> DataSplits:
-    """The train / eval (/ test) sources of a dataset, by name."""
+                seed: int = 0) -> DataSplits:
+    """The train / eval (/ test) sources of a dataset, by name: files listed, none read."""
     if dataset == "petals":
         return petals_splits()
     if dataset == "flowers102":
@@ -167,7 +164,7 @@ def load_splits(dataset: str, data_dir: str | None = None, split: str = "tutoria
     if dataset == "imagefolder":
         if data_dir is None:
             raise ResnetError("--dataset imagefolder needs --data-dir DIR (DIR/train/<class>/... or DIR/<class>/...)")
-        return imagefolder_splits(Path(data_dir), val_fraction, seed, strict)
+        return imagefolder_splits(Path(data_dir), val_fraction, seed)
     raise ResnetError(f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}")
 
 
@@ -237,85 +234,54 @@ def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     return classes, samples
 
 
-def find_unreadable(paths: Sequence[Path]) -> list[Path]:
-    """Files that fail to decode completely (corrupt, truncated, not an image, not a regular file)."""
-    bad = []
-    for path in paths:
-        try:
-            with open_image(path) as image:
-                image.load()
-        except Exception:
-            bad.append(path)
-    return bad
-
-
 Samples = list[tuple[Path, int]]  # (image file, label)
 
 
-def imagefolder_splits(root: Path, val_fraction: float, seed: int, strict: bool) -> DataSplits:
-    """DIR/train + DIR/val as they are, or DIR/<class>/... split per class. Unreadable files
-    are left out first, so that the split, and the warnings about classes left without a
-    training or a validation image, are about the images that will really be used."""
+def imagefolder_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
+    """DIR/train + DIR/val as they are, or DIR/<class>/... split per class (seeded). No image
+    is read here: the decode finds the unreadable ones (``drop_unreadable``)."""
     if (root / "train").is_dir():
-        classes, train_samples, val_samples, bad = train_and_val_folders(root, strict)
-        no_val = "no readable validation image"
+        classes, train_samples, val_samples = train_and_val_folders(root)
     else:
-        classes, train_samples, val_samples, bad = split_class_folders(root, val_fraction, seed, strict)
-        no_val = "too few images to hold one out, so no validation image"
-    warn_of_classes_without(classes, train_samples, "no readable training image")
-    warn_of_classes_without(classes, val_samples, no_val)
+        classes, train_samples, val_samples = split_class_folders(root, val_fraction, seed)
 
     def files(samples: Samples) -> ImageFiles:
         return ImageFiles([p for p, _ in samples], [label for _, label in samples])
 
-    return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val",
-                      skipped=[str(p) for p in sorted(bad)])
+    return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val")
 
 
-def train_and_val_folders(root: Path, strict: bool) -> tuple[list[str], Samples, Samples, set[Path]]:
-    """Classes, training and validation samples of DIR/train + DIR/val, less the unreadable files."""
+def train_and_val_folders(root: Path) -> tuple[list[str], Samples, Samples]:
+    """Classes, training and validation samples of DIR/train + DIR/val."""
     classes, train_samples = list_class_folders(root / "train")
     val_classes, val_samples = list_class_folders(root / "val") if (root / "val").is_dir() else (classes, [])
     if not val_samples:
         raise ResnetError(f"{root}/train exists but {root}/val does not (or is empty)")
     if val_classes != classes:
         raise ResnetError(f"{root}/train and {root}/val have different class folders")
-    bad = skip_unreadable(train_samples + val_samples, strict)
-    train_samples, val_samples = without(train_samples, bad), without(val_samples, bad)
-    if not train_samples or not val_samples:
-        raise ResnetError(f"no readable images left in {root} for training and validation")
-    return classes, train_samples, val_samples, bad
+    return classes, train_samples, val_samples
 
 
-def split_class_folders(root: Path, val_fraction: float, seed: int,
-                        strict: bool) -> tuple[list[str], Samples, Samples, set[Path]]:
-    """Classes, training and held-out samples of DIR/<class>/...: the readable files, split
-    per class in a seeded order."""
+def split_class_folders(root: Path, val_fraction: float, seed: int) -> tuple[list[str], Samples, Samples]:
+    """Classes, training and held-out samples of DIR/<class>/..., split per class in a seeded order."""
     classes, samples = list_class_folders(root)
     if not 0 < val_fraction < 1:
         raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    bad = skip_unreadable(samples, strict)
-    samples = without(samples, bad)
-    if not samples:
-        raise ResnetError(f"no readable images left in {root} for training and validation")
     train_samples, val_samples = stratified_split(samples, val_fraction, seed)
     check_held_out(classes, samples, val_samples, val_fraction)
-    return classes, train_samples, val_samples, bad
+    warn_of_classes_without(classes, [label for _, label in val_samples],
+                            "too few images to hold one out, so no validation image")
+    return classes, train_samples, val_samples
 
 
-def skip_unreadable(samples: Samples, strict: bool) -> set[Path]:
-    """The unreadable files among ``samples``, after a warning naming them (with ``strict``, an error)."""
-    bad = set(find_unreadable([p for p, _ in samples]))
-    if bad:
-        listing = ", ".join(str(p) for p in sorted(bad))
-        if strict:
-            raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
-        warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=4)
-    return bad
-
-
-def without(samples: Samples, bad: set[Path]) -> Samples:
-    return [s for s in samples if s[0] not in bad]
+def report_unreadable(bad: Sequence[str], strict: bool) -> None:
+    """One warning naming the unreadable files, which are left out (with ``strict``, an error)."""
+    if not bad:
+        return
+    listing = ", ".join(sorted(bad))
+    if strict:
+        raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
+    warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=3)
 
 
 def check_held_out(classes: list[str], samples: Samples, held_out: Samples, fraction: float) -> None:
@@ -330,9 +296,9 @@ def check_held_out(classes: list[str], samples: Samples, held_out: Samples, frac
                       f"{counts.max()}); raise it, add images, or use DIR/train + DIR/val")
 
 
-def warn_of_classes_without(classes: list[str], samples: Samples, problem: str) -> None:
-    """A warning naming the classes that have no image among ``samples`` (``problem`` says what they lack)."""
-    present = {label for _, label in samples}
+def warn_of_classes_without(classes: list[str], labels: Sequence[int], problem: str) -> None:
+    """A warning naming the classes no label of ``labels`` has (``problem`` says what they lack)."""
+    present = set(int(label) for label in labels)
     missing = [name for label, name in enumerate(classes) if label not in present]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
@@ -352,18 +318,7 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return train, held_out
 
 
-# --- the decoded cache ----------------------------------------------------------
-
-
-@dataclass
-class DecodedImages:
-    """A split decoded once: uint8 images (N, 3, S, S), int64 labels (N,)."""
-
-    images: torch.Tensor
-    labels: torch.Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
+# --- decoding one image, and where decoded images are kept -------------------------
 
 
 class _ResizeToTensor:
@@ -375,10 +330,6 @@ class _ResizeToTensor:
         # random-resized-crop's aspect-ratio range covers the distortion in training.
         image = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("RESNET_CACHE", Path.home() / ".cache" / "resnet" / "decoded"))
 
 
 def check_cache_dir(folder: Path) -> None:
@@ -404,60 +355,6 @@ def cache_dir_problem(folder: Path, failed: str, error: OSError) -> str:
     blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
     problem = f"{blocking} is a file, not a folder" if blocking else f"{failed} ({error.strerror or error})"
     return f"{where}: {problem}; set RESNET_CACHE to a folder that can be written"
-
-
-def fingerprint(source: ImageFiles, size: int, draft: bool = False) -> str:
-    digest = hashlib.sha256(f"v2 {size} draft={draft}".encode())
-    for path, label in zip(source.paths, source.labels):
-        info = path.stat()
-        # fsencode: a name need not be valid UTF-8 (its odd bytes are surrogates in the str).
-        digest.update(os.fsencode(path.resolve()) + f" {info.st_size} {info.st_mtime_ns} {label}\n".encode())
-    return digest.hexdigest()[:24]
-
-
-def cache_file(source: Source, size: int, draft: bool = False) -> Path | None:
-    """Where the decoded cache of a source on disk lives (None for images already in memory)."""
-    if isinstance(source, ImageArrays):
-        return None
-    return cache_dir() / f"{fingerprint(source, size, draft)}.npy"
-
-
-def decode(source: Source, size: int, workers: int = 2, use_disk_cache: bool = True,
-           draft: bool = False, check_stop: Callable[[], None] | None = None) -> DecodedImages:
-    """Decode a split once into uint8 (N, 3, size, size), reusing a cache file when one matches.
-
-    ``draft``: decode JPEGs at a reduced scale first (``open_rgb``). For training caches
-    only: their random crops are resampled anyway, while evaluation and ``resnet predict``
-    share the full decode, so a model is scored on exactly what predict gives it.
-    ``check_stop`` is called after every batch (a stop request raises there)."""
-    labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
-    if isinstance(source, ImageArrays):
-        images = torch.from_numpy(source.images)
-        if images.shape[-1] != size or images.shape[-2] != size:
-            images = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
-                                                     antialias=True).round_().clamp_(0, 255).to(torch.uint8)
-        return DecodedImages(images, labels)
-
-    path = cache_file(source, size, draft) if use_disk_cache else None
-    if path is not None and path.exists():
-        return DecodedImages(torch.from_numpy(np.load(path, mmap_mode="c")), labels)
-    if path is not None:
-        check_cache_dir(path.parent)
-
-    images = np.empty((len(source), 3, size, size), np.uint8)
-    files = ImageFiles(source.paths, source.labels, _ResizeToTensor(size), draft_size=size if draft else None)
-    loader = DataLoader(files, batch_size=64, num_workers=workers, shuffle=False,
-                        worker_init_fn=leave_signals_to_the_main_process)
-    start = 0
-    for batch, _ in loader:
-        images[start:start + len(batch)] = batch.numpy()
-        start += len(batch)
-        if check_stop is not None:
-            check_stop()
-    if path is not None:
-        # Atomic: a concurrent or killed run never sees half a file.
-        write_atomic(path, lambda f: np.save(f, images))
-    return DecodedImages(torch.from_numpy(images), labels)
 
 
 def classic_loader(source: Source, batches: list[torch.Tensor], transform: Callable, workers: int,

@@ -24,8 +24,9 @@ from resnet import augment, distributed
 from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.checkpoint import load_checkpoint
 from resnet.config import MAX_IMAGE_SIZE, TrainConfig
-from resnet.data import (DATASETS, DecodedImages, ImageArrays, ImageFiles, Source, classic_loader, decode, load_splits,
-                         printable)
+from resnet.cache import DecodedImages, decode
+from resnet.data import (DATASETS, ImageArrays, ImageFiles, Source, classic_loader, load_splits, printable,
+                         report_unreadable)
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.hardware import autocast, select_device
@@ -120,7 +121,7 @@ def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir
     split = split or config.split
     if subset not in SUBSETS:
         raise ResnetError(f"unknown subset {subset!r}; choose one of: {', '.join(SUBSETS)}")
-    splits = load_splits(dataset, data_dir, split, config.val_fraction, config.seed, config.strict)
+    splits = load_splits(dataset, data_dir, split, config.val_fraction, config.seed)
     parts = {"eval": [splits.eval], "train": [splits.train], "test": [splits.test] if splits.test else [],
              "all": [s for s in (splits.train, splits.eval, splits.test) if s is not None]}[subset]
     if not parts:
@@ -183,7 +184,7 @@ def decoded_eval_batches(data: DecodedImages, batch_size: int, device: torch.dev
     """Normalized images and labels from the decoded cache (ImageNet statistics unless given)."""
     normalize = (normalize or Normalize()).to(device)
     for indices in eval_batches(len(data), batch_size, topology):
-        yield normalize(data.images[indices].to(device)), data.labels[indices]
+        yield normalize(data.gather(indices).to(device)), data.labels[indices]
 
 
 def classic_eval_batches(source: Source, image_size: int, batch_size: int, workers: int,
@@ -244,16 +245,20 @@ def per_class_rows(confusion: torch.Tensor, classes: list[str]) -> list[dict[str
 
 
 def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, device: torch.device | str = "cpu",
-             batch_size: int = 64, workers: int = 2) -> dict[str, Any]:
+             batch_size: int = 64, workers: int | None = None, strict: bool = False) -> dict[str, Any]:
     """Loss, top-1, top-5, mean per-class accuracy, confusion matrix and per-class rows;
-    also ``logits`` and ``labels`` per image, in the source's order.
+    also ``logits`` and ``labels`` per image, in the order of ``source``: the images scored,
+    which are the given ones less those that cannot be read (warned of; with ``strict``, an error).
 
     The images go through the training run's own evaluation path: decoded once at the
     checkpoint's image size (square resize), then normalized with its mean and std.
     """
+    from resnet.pipeline import readable_parts
+
     device = torch.device(device)
     norm = checkpoint["normalization"]
-    data = decode(source, norm["image_size"], workers=workers)
+    [(source, data)], bad = readable_parts([(source, decode(source, norm["image_size"], workers=workers))])
+    report_unreadable(bad, strict)
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"]))
     batches = decoded_eval_batches(data, batch_size, device, normalize=normalize)
     model.to(device)
@@ -266,7 +271,7 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     rows = per_class_rows(confusion, classes)
     scored = [row["accuracy"] for row in rows if row["accuracy"] is not None]
     return {**metrics, "mean_class_accuracy": float(np.mean(scored)), "images": len(labels),
-            "confusion": confusion, "per_class": rows, "logits": logits, "labels": labels}
+            "confusion": confusion, "per_class": rows, "logits": logits, "labels": labels, "source": source}
 
 
 def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -281,7 +286,7 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
                         split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
-                        device: str = "cpu", batch_size: int = 64, workers: int = 2,
+                        device: str = "cpu", batch_size: int = 64, workers: int | None = None,
                         image_size: int | None = None, tta: bool | None = None, mistakes: int = 16) -> dict[str, Any]:
     """``resnet eval``: score a checkpoint, write the confusion-matrix PNG, per-class CSV,
     most-confused pairs CSV and the PNG of the ``mistakes`` most confident mistakes.
@@ -296,7 +301,9 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     if image_size is not None:
         checkpoint["normalization"]["image_size"] = image_size
     source, _, subset_name, where = eval_source(checkpoint, dataset, data_dir, split, subset)
-    result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers)
+    strict = TrainConfig.from_dict(checkpoint.get("config") or {}).strict
+    result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers, strict)
+    source = result["source"]
     out_dir = Path(out) if out is not None else Path(checkpoint["path"]).parent
     try:
         out_dir.mkdir(parents=True, exist_ok=True)

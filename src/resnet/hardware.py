@@ -6,6 +6,7 @@ picks the same device and the same precision for the same ``--device``/``--preci
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import ContextManager
 
@@ -54,3 +55,11 @@ def select_precision(name: str, device: torch.device) -> torch.dtype | None:
 def autocast(device: torch.device, dtype: torch.dtype | None) -> ContextManager:
     """Mixed precision on ``device`` in ``dtype``, or nothing at all for fp32."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on (a container's limit, taskset), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

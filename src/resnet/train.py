@@ -20,7 +20,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,6 @@ from torch import nn
 from tqdm import tqdm
 
 from resnet import augment, distributed
-from resnet.augment import AugmentSpec, Normalize
 from resnet.checkpoint import (
     DiskFull,
     RunState,
@@ -44,7 +43,8 @@ from resnet.checkpoint import (
     write_text_atomic,
 )
 from resnet.config import TrainConfig
-from resnet.data import DecodedImages, Source, cache_file, classic_loader, decode, load_splits
+from resnet.cache import DecodedImages
+from resnet.data import Source, classic_loader, load_splits, report_unreadable
 from resnet.distributed import Topology, shard
 from resnet.errors import ResnetError
 from resnet.evaluate import (
@@ -56,6 +56,7 @@ from resnet.evaluate import (
 )
 from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
 from resnet.model import FlipTTA, ResNet, get_model
+from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data, readable_parts
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
 from resnet.signals import StopSignals, Stopped
@@ -197,56 +198,6 @@ class TrainStep:
         return loss.detach()
 
 
-# --- data on the device ----------------------------------------------------------
-
-
-class FastTrainBatches:
-    """Batches from the decoded cache, augmented on the device as one warp per batch."""
-
-    def __init__(self, data: DecodedImages, config: TrainConfig, device: torch.device) -> None:
-        self.labels = data.labels
-        # On a GPU the whole uint8 cache lives in device memory when it comfortably fits.
-        fits = device.type == "cuda" and data.images.numel() < 0.25 * torch.cuda.mem_get_info(device)[0]
-        self.images = data.images.to(device) if fits else data.images
-        self.device = device
-        self.spec = augment_spec(config)
-        self.normalize = Normalize().to(device)
-
-    def __call__(self, batch: torch.Tensor, generator: torch.Generator, size: int,
-                 topology: Topology = Topology()) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's share of a global batch, augmented into ``size`` px crops. The random
-        draws are made for the whole global batch, so an image is augmented alike however
-        many ranks share the batch."""
-        params = shard(augment.sample_params(len(batch), self.spec, generator), topology)
-        indices = shard(batch, topology)
-        images = self.images[indices.to(self.images.device)].to(self.device, non_blocking=True)
-        images = augment.apply_augment(images, params, size)
-        return self.normalize(images), self.labels[indices].to(self.device, non_blocking=True)
-
-
-def augment_spec(config: TrainConfig) -> AugmentSpec:
-    return AugmentSpec(rotation=config.rotation, scale=(config.min_scale, 1.0), hflip=config.hflip,
-                       vflip=config.vflip, color_jitter=config.color_jitter)
-
-
-def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology,
-                   draft: bool = False, check_stop: Callable[[], None] | None = None) -> DecodedImages:
-    """One process per machine (local rank 0) decodes, or finds the cache file on that
-    machine's disk; the machine's other processes then memory-map its file. Every machine
-    has a decoder, since a cache file on one machine's disk is of no use to another."""
-    decoder = topology.local_rank == 0
-    if not decoder:
-        distributed.barrier(topology)
-    path = cache_file(source, size, draft)
-    if path is not None and not path.exists() and not config.quiet:  # whichever rank has to decode says so
-        print(f"resnet train: rank {topology.rank} decoding {len(source)} images at {size} px into {path}",
-              file=sys.stderr, flush=True)
-    data = decode(source, size, workers=config.workers, draft=draft, check_stop=check_stop)
-    if decoder:
-        distributed.barrier(topology)
-    return data
-
-
 # --- run files -------------------------------------------------------------------------
 
 
@@ -338,8 +289,7 @@ class Run:
                               f"{topology.world_size} processes")
         # Read before the data: an unreadable checkpoint is reported before a long decode.
         self.checkpoint = load_resume_checkpoint(run_dir) if resumed else None
-        self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction,
-                                  config.seed, config.strict)
+        self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed)
         self.check_batchnorm_can_train()
         self.build_modules()
         self.load_data()
@@ -384,17 +334,12 @@ class Run:
                           f"use --batch-size {2 * world_size} or more, or crops above 32 px")
 
     def load_data(self) -> None:
-        """The fast pipeline's decoded caches (the classic one reads files each epoch)."""
-        config = self.config
-        self.fast_batches, self.eval_data = None, None
-        if config.pipeline == "fast":
-            train_data = decode_for_run(self.splits.train, config.resolved_cache_size(), config, self.topology,
-                                        draft=True, check_stop=self.stop.check)
-            self.stop.check()  # a request made where it could not raise, with nothing left to decode
-            self.fast_batches = FastTrainBatches(train_data, config, self.device)
-            self.eval_data = decode_for_run(self.splits.eval, config.resolved_eval_image_size(), config,
-                                            self.topology, check_stop=self.stop.check)
-            self.stop.check()
+        """Decode the splits (the fast pipeline's caches; the classic one's check of each file)."""
+        data = load_run_data(self.splits, self.config, self.topology, check_stop=self.stop.check)
+        self.stop.check()  # a request made where it could not raise, with nothing left to decode
+        self.splits, self.eval_data = data.splits, data.eval
+        self.fast_batches = FastTrainBatches(data.train, self.config, self.device) if data.train is not None else None
+        self.check_batchnorm_can_train()  # again: unreadable files may have left fewer images
         self.steps_per_epoch = len(self.epoch_batches(0))
 
     def restore_or_start(self) -> RunState:
@@ -448,9 +393,9 @@ class Run:
         """``(step, images, labels)`` from the epoch's next step on, from either pipeline."""
         config, first, size = self.config, self.state.step, self.config.image_size_at(epoch)
         if self.fast_batches is not None:
-            for step in range(first, len(batches)):
-                images, labels = self.fast_batches(batches[step], generator_for(config.seed, epoch, step), size,
-                                                   self.topology)
+            generators = (generator_for(config.seed, epoch, step) for step in range(first, len(batches)))
+            inputs = self.fast_batches.epoch(batches[first:], generators, size, self.topology)
+            for step, (images, labels) in enumerate(inputs, start=first):
                 yield step, images, labels
         else:
             transform = augment.classic_train_transform(augment_spec(config), size)
@@ -605,11 +550,13 @@ class Run:
         self.model.load_state_dict(best["ema"] if self.ema is not None and best.get("ema") else best["model"])
         if self.ema is not None:
             self.ema.module.load_state_dict(best["ema"] or best["model"])
-        size = self.config.resolved_eval_image_size()
-        test_data = (decode_for_run(self.splits.test, size, self.config, self.topology)
-                     if self.config.pipeline == "fast" else None)
-        test = self.validate(self.splits.test, test_data)
-        return {"test_images": len(self.splits.test), "test_top1": test["top1"], "test_top5": test["top5"]}
+        fast = self.config.pipeline == "fast"
+        size = self.config.resolved_eval_image_size() if fast else 0
+        decoded = decode_for_run(self.splits.test, size, self.config, self.topology, check_stop=self.stop.check)
+        [(test_source, test_data)], bad = readable_parts([(self.splits.test, decoded)])
+        report_unreadable(bad, self.config.strict)
+        test = self.validate(test_source, test_data if fast else None)
+        return {"test_images": len(test_source), "test_top1": test["top1"], "test_top5": test["top5"]}
 
     # --- helpers ---
 

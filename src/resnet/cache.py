@@ -1,0 +1,358 @@
+"""The decoded-image cache: each image decoded once, streamed to disk, found again by its file.
+
+A *store* holds the images of one folder at one size, in ``RESNET_CACHE/<key>/``:
+
+- ``images.u8``: rows of uint8 ``(3, S, S)``, appended as they are decoded (never held whole
+  in memory) and read back memory-mapped;
+- ``index.npz``: for every file decoded, its path, size and modification time, its row, and
+  whether it decoded at all (an unreadable file is found here, by the one decode).
+
+A split's files are looked up in the index by path, size and modification time, so a warm
+start lists and stats the files and reads no image; a new or changed file is decoded and
+appended (a changed file's old row is left unreferenced). During a decode the index is
+rewritten every few seconds, atomically, so a decode that is killed continues where it
+stopped: the rows after the last index write are decoded again and overwritten. A process
+that writes holds the store's lock; readers need none, since a row the index names is never
+rewritten. Size 0 keeps no pixels, only whether each file decodes: the check the classic
+pipeline needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from resnet.checkpoint import write_atomic
+from resnet.data import ImageArrays, Source, _ResizeToTensor, check_cache_dir, open_image, open_rgb
+from resnet.errors import ResnetError
+from resnet.hardware import available_cpus
+from resnet.signals import leave_signals_to_the_main_process
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; two processes must not decode into one store at once there
+    fcntl = None
+
+STORE_FORMAT = 3  # part of every store's key: a new layout never reads an old one
+INDEX_EVERY_SECONDS = 5.0  # how much decoding a killed decode can lose
+DECODE_BATCH = 64
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RESNET_CACHE", Path.home() / ".cache" / "resnet" / "decoded"))
+
+
+@dataclass
+class DecodedImages:
+    """A split decoded once: ``images`` (R, 3, S, S) uint8, the store's rows or the images
+    themselves; ``rows`` (N,) the row of each of the split's images (None: row i is image i);
+    ``labels`` (N,) int64; ``ok`` (N,) whether each image decoded (an unreadable one's row is
+    zeros)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    rows: torch.Tensor | None = None
+    ok: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gather(self, indices: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at the split's ``indices``: only those rows are read."""
+        return self.images[indices if self.rows is None else self.rows[indices]]
+
+    def readable(self) -> torch.Tensor:
+        return torch.ones(len(self), dtype=torch.bool) if self.ok is None else self.ok
+
+    def subset(self, keep: torch.Tensor) -> DecodedImages:
+        rows = torch.arange(len(self)) if self.rows is None else self.rows
+        return DecodedImages(self.images, self.labels[keep], rows[keep], self.readable()[keep])
+
+
+def decode(source: Source, size: int, workers: int | None = None, use_disk_cache: bool = True,
+           draft: bool = False, check_stop: Callable[[], None] | None = None,
+           progress: str | None = None) -> DecodedImages:
+    """A split decoded into uint8 (3, size, size) images, from the store where it is there.
+
+    ``draft``: decode JPEGs at a reduced scale first (``open_rgb``). For training caches
+    only: their random crops are resampled anyway, while evaluation and ``resnet predict``
+    share the full decode, so a model is scored on exactly what predict gives it. ``size``
+    0 keeps no pixels (``ok`` alone). ``workers``: decoding processes (default: one per CPU
+    this process may use). ``check_stop`` is called after every batch decoded. ``progress``:
+    the prefix (``resnet train``) of a line announcing a decode and of its progress bar;
+    None decodes silently."""
+    labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
+    if isinstance(source, ImageArrays):
+        return DecodedImages(resized_arrays(source.images, size), labels)
+    workers = available_cpus() if workers is None else workers
+    if not use_disk_cache:
+        images, ok = np.empty((len(source), *row_shape(size)), np.uint8), np.ones(len(source), bool)
+        for start, batch, batch_ok in decoded_batches(source.paths, size, draft, workers, check_stop, progress):
+            images[start:start + len(batch)], ok[start:start + len(batch)] = batch, batch_ok
+        return DecodedImages(torch.from_numpy(images), labels, ok=torch.from_numpy(ok))
+    store = Store.for_files(source.paths, size, draft)
+    rows, ok, used = store.rows_of(source.paths, workers, check_stop, progress)
+    return DecodedImages(store.images(used), labels, torch.from_numpy(rows), torch.from_numpy(ok))
+
+
+def resized_arrays(images: np.ndarray, size: int) -> torch.Tensor:
+    tensor = torch.from_numpy(images)
+    if not size:
+        return tensor[:, :0].flatten(1)
+    if tensor.shape[-1] != size or tensor.shape[-2] != size:
+        tensor = torch.nn.functional.interpolate(tensor.float(), size=(size, size), mode="bilinear",
+                                                 antialias=True).round_().clamp_(0, 255).to(torch.uint8)
+    return tensor
+
+
+def row_shape(size: int) -> tuple[int, ...]:
+    return (3, size, size) if size else (0,)
+
+
+# --- decoding in parallel ----------------------------------------------------------------------
+
+
+class DecodeFiles(Dataset):
+    """``(uint8 image, decoded)`` per file; an unreadable file gives zeros and False, never an error."""
+
+    def __init__(self, paths: Sequence[Path], size: int, draft: bool) -> None:
+        self.paths, self.size, self.draft = paths, size, draft
+        self.resize = _ResizeToTensor(size) if size else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, bool]:
+        try:
+            if self.resize is None:
+                with open_image(self.paths[index]) as image:
+                    image.load()
+                return torch.empty(0, dtype=torch.uint8), True
+            return self.resize(open_rgb(self.paths[index], self.size if self.draft else None)), True
+        except Exception:  # corrupt, truncated, not an image, not a regular file: the index says so
+            return torch.zeros(row_shape(self.size), dtype=torch.uint8), False
+
+
+def decoded_batches(paths: Sequence[Path], size: int, draft: bool, workers: int,
+                    check_stop: Callable[[], None] | None, progress: str | None):
+    """``(first index, uint8 images, decoded flags)`` in order, decoded by ``workers`` processes
+    (none: in this one) while this process writes what they return."""
+    loader = DataLoader(DecodeFiles(paths, size, draft), batch_size=DECODE_BATCH,
+                        num_workers=workers if workers > 1 else 0, shuffle=False,
+                        worker_init_fn=leave_signals_to_the_main_process)
+    bar = tqdm(total=len(paths), unit="img", desc=f"{progress}: decoding" if size else f"{progress}: checking",
+               disable=progress is None, file=sys.stderr, dynamic_ncols=True, leave=False,
+               mininterval=0.5 if sys.stderr.isatty() else 30)
+    start = 0
+    try:
+        for images, ok in loader:
+            yield start, images.numpy(), ok.numpy()
+            start += len(images)
+            bar.update(len(images))
+            if check_stop is not None:
+                check_stop()
+    finally:
+        bar.close()
+
+
+# --- the store ------------------------------------------------------------------------------
+
+
+@dataclass
+class Index:
+    """What a store holds: per file, its identity (size, mtime), row and whether it decoded.
+    An entry whose size is -1 is reserved for a file not decoded yet."""
+
+    paths: list[str]
+    sizes: np.ndarray
+    mtimes: np.ndarray
+    rows: np.ndarray
+    ok: np.ndarray
+    used: int = 0  # rows in use in images.u8; the next decoded image goes here
+
+    @classmethod
+    def empty(cls) -> Index:
+        return cls([], *(np.zeros(0, np.int64) for _ in range(3)), np.zeros(0, bool))
+
+    def positions(self) -> dict[str, int]:
+        return {path: i for i, path in enumerate(self.paths)}
+
+    def reserve(self, keys: list[str]) -> np.ndarray:
+        """The entries of ``keys`` (absolute paths), new ones added as not decoded yet."""
+        where = self.positions()
+        new = [key for key in dict.fromkeys(keys) if key not in where]
+        where.update((key, len(self.paths) + i) for i, key in enumerate(new))
+        self.paths += new
+        self.sizes, self.mtimes, self.rows = (np.concatenate([a, np.full(len(new), -1, np.int64)])
+                                              for a in (self.sizes, self.mtimes, self.rows))
+        self.ok = np.concatenate([self.ok, np.zeros(len(new), bool)])
+        entries = np.array([where[key] for key in keys], np.int64)
+        self.sizes[entries] = -1  # a changed file is not what its old row holds
+        return entries
+
+    def save(self, path: Path) -> None:
+        names = np.frombuffer(b"\0".join(os.fsencode(p) for p in self.paths), np.uint8)
+        write_atomic(path, lambda f: np.savez(f, names=names, sizes=self.sizes, mtimes=self.mtimes, rows=self.rows,
+                                              ok=self.ok, used=np.int64(self.used)))
+
+    @classmethod
+    def load(cls, path: Path) -> Index:
+        try:
+            with np.load(path) as saved:
+                names = saved["names"].tobytes()
+                paths = [os.fsdecode(name) for name in names.split(b"\0")] if names else []
+                return cls(paths, saved["sizes"], saved["mtimes"], saved["rows"], saved["ok"].astype(bool),
+                           int(saved["used"]))
+        except (OSError, ValueError, KeyError):  # none yet, or damaged: decode again rather than trust it
+            return cls.empty()
+
+
+class Store:
+    """One folder's images at one size and decode mode (see the module's docstring)."""
+
+    def __init__(self, folder: Path, size: int, draft: bool) -> None:
+        self.folder, self.size, self.draft = folder, size, draft
+        self.row_bytes = int(np.prod(row_shape(size)))
+
+    @classmethod
+    def for_files(cls, paths: Sequence[Path], size: int, draft: bool) -> Store:
+        """The store of the folder that holds ``paths``, at ``size``."""
+        parents = {os.path.dirname(os.path.abspath(p)) for p in paths}
+        root = os.path.commonpath(sorted(parents)) if parents else ""
+        key = hashlib.sha256(os.fsencode(f"v{STORE_FORMAT} {size} draft={draft} ") + os.fsencode(root))
+        return cls(cache_dir() / key.hexdigest()[:24], size, draft)
+
+    @property
+    def index_path(self) -> Path:
+        return self.folder / "index.npz"
+
+    def images(self, used: int) -> torch.Tensor:
+        """The first ``used`` rows, memory-mapped (copy-on-write: a stray write never reaches the file)."""
+        if not self.size or not used:
+            return torch.zeros((0, *row_shape(self.size)), dtype=torch.uint8)
+        mapped = np.memmap(self.folder / "images.u8", np.uint8, mode="c", shape=(used, *row_shape(self.size)))
+        return torch.from_numpy(mapped)
+
+    def rows_of(self, paths: Sequence[Path], workers: int, check_stop: Callable[[], None] | None,
+                progress: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """Each file's row and whether it decoded, looked up (or decoded and appended first),
+        and the rows in use."""
+        stats = [file_identity(p) for p in paths]
+        index = Index.load(self.index_path)
+        rows, ok, missing = look_up(paths, stats, index)
+        if missing:
+            check_cache_dir(cache_dir())  # before any image is read: one line saying what is wrong
+            self.folder.mkdir(exist_ok=True)
+            with StoreLock(self.folder / ".lock"):
+                # Another process may have decoded them while this one waited for the lock.
+                index = Index.load(self.index_path)
+                rows, ok, missing = look_up(paths, stats, index)
+                if missing:
+                    self.append([paths[i] for i in missing], [stats[i] for i in missing], index, workers,
+                                check_stop, progress)
+                    rows, ok, missing = look_up(paths, stats, index)
+        return rows, ok, index.used
+
+    def append(self, paths: list[Path], stats: list[tuple[int, int]], index: Index, workers: int,
+               check_stop: Callable[[], None] | None, progress: str | None) -> None:
+        """Decode ``paths`` into new rows after the index's last, saving the index as it goes."""
+        self.refuse_unless_room(len(paths))
+        if progress is not None:
+            print(f"{progress}: decoding {len(paths)} images at {self.size} px into {self.folder} "
+                  f"({gigabytes(len(paths) * self.row_bytes)})" if self.size else
+                  f"{progress}: checking {len(paths)} images once (remembered in {self.folder})",
+                  file=sys.stderr, flush=True)
+        entries, first = index.reserve([os.path.abspath(p) for p in paths]), index.used
+        with open(self.folder / "images.u8", "ab+") as file:
+            file.truncate(first * self.row_bytes)  # what a killed decode wrote after its last index
+            saved_at = time.monotonic()
+            for start, images, ok in decoded_batches(paths, self.size, self.draft, workers, check_stop, progress):
+                end = start + len(images)
+                if self.size:
+                    os.pwrite(file.fileno(), images.tobytes(), (first + start) * self.row_bytes)
+                done = entries[start:end]
+                index.sizes[done] = [size for size, _ in stats[start:end]]
+                index.mtimes[done] = [mtime for _, mtime in stats[start:end]]
+                index.rows[done], index.ok[done] = np.arange(first + start, first + end), ok
+                index.used = first + end
+                if time.monotonic() - saved_at > INDEX_EVERY_SECONDS:
+                    self.save_index(file, index)
+                    saved_at = time.monotonic()
+            self.save_index(file, index)
+
+    def save_index(self, file, index: Index) -> None:
+        file.flush()
+        os.fsync(file.fileno())  # the rows reach the disk before the index that names them
+        index.save(self.index_path)
+
+    def refuse_unless_room(self, images: int) -> None:
+        needed = images * self.row_bytes
+        free = shutil.disk_usage(self.folder).free
+        if needed > free:
+            raise ResnetError(f"the decoded cache needs {gigabytes(needed)} more in {self.folder}, which has "
+                              f"{gigabytes(free)} free: set RESNET_CACHE to a folder with room, or train with "
+                              "--pipeline classic, which decodes the images every epoch instead")
+
+
+def look_up(paths: Sequence[Path], stats: list[tuple[int, int] | None],
+            index: Index) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Rows and flags of the files the index knows as they are now, and the positions of the
+    others. A file that cannot even be stat'ed (gone, a broken link) is unreadable, not indexed."""
+    where = index.positions()
+    rows, ok, missing = np.zeros(len(paths), np.int64), np.zeros(len(paths), bool), []
+    for i, (path, stat) in enumerate(zip(paths, stats)):
+        if stat is None:
+            continue
+        j = where.get(os.path.abspath(path))
+        if j is not None and index.sizes[j] == stat[0] and index.mtimes[j] == stat[1]:
+            rows[i], ok[i] = index.rows[j], index.ok[j]
+        else:
+            missing.append(i)
+    return rows, ok, missing
+
+
+def gigabytes(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(size, mtime in ns), what tells a file changed; None when it cannot be stat'ed."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_size, info.st_mtime_ns
+
+
+class StoreLock:
+    """An exclusive flock on the store for a writer; waiting for another one says so."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.fd = path, None
+
+    def __enter__(self) -> StoreLock:
+        if fcntl is None:
+            return self
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"resnet: waiting for another process decoding into {self.path.parent}", file=sys.stderr,
+                  flush=True)
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
