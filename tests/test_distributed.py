@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_image_folder
 from resnet.cli import main
@@ -60,10 +62,13 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_each_machine_decodes_its_own_cache_once(tmp_path):
+def test_each_machine_decodes_its_own_cache_once(tmp_path, monkeypatch):
     """Two torchrun launchers stand for two machines of two processes each; each has its own
-    RESNET_CACHE, standing for its own disk. One process per machine must decode (and say so),
-    and each machine's cache must get the files."""
+    RESNET_CACHE, standing for its own disk. The two processes of a machine share its decode,
+    each a half of the images, and each machine's cache gets every file, as one process decodes it."""
+    from resnet.cache import decode
+    from resnet.data import ImageFiles
+
     data = make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=8)
     port = free_port()
     launchers = []
@@ -80,10 +85,16 @@ def test_each_machine_decodes_its_own_cache_once(tmp_path):
         assert launcher.returncode == 0, err[-3000:]
 
     for node, (_, err) in enumerate(outputs):
-        # Every process that has to decode says so: here only the machine's local rank 0, once for
-        # the training images and once for the evaluation images.
-        decoding = [line for line in err.splitlines() if " decoding " in line]
-        assert len(decoding) == 2, err[-3000:]
-        assert all(line.startswith(f"resnet train: rank {2 * node} decoding ") for line in decoding), decoding
-        assert len(list((tmp_path / f"cache-{node}").glob("*.npy"))) == 2
+        # 24 images, 6 held out: each process decodes 9 of the 18 training and 3 of the 6 evaluation images.
+        decoding = re.findall(r"resnet train \(rank (\d)\): decoding (\d+ of \d+) images at (\d+) px", err)
+        assert sorted(decoding) == sorted((str(rank), part, size) for rank in (2 * node, 2 * node + 1)
+                                          for part, size in (("9 of 18", "37"), ("3 of 6", "41"))), err[-3000:]
+        cache = tmp_path / f"cache-{node}"
+        assert len(list(cache.glob("*/index.npz"))) == 2 and not list(cache.glob("*/ok-*.npy"))
+        files = sorted((data / name / f"{i}.png") for name in ("a", "b", "c") for i in range(8))
+        source, every = ImageFiles(files, [0] * len(files)), torch.arange(len(files))
+        monkeypatch.setenv("RESNET_CACHE", str(cache))
+        shared = decode(source, 41, workers=0)  # the evaluation store: a quarter of its files are in it
+        alone = decode(source, 41, workers=0, use_disk_cache=False)
+        assert torch.equal(shared.gather(every), alone.gather(every))
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["eval_images"] == 6

@@ -80,9 +80,18 @@ class DecodedImages:
         return DecodedImages(self.images, self.labels[keep], rows[keep], self.readable()[keep])
 
 
+@dataclass(frozen=True)
+class Share:
+    """One of the ``ranks`` processes of a machine that decode together (torchrun's local ranks)."""
+
+    rank: int
+    ranks: int
+    barrier: Callable[[], None]  # waits for every process of the job
+
+
 def decode(source: Source, size: int, workers: int | None = None, use_disk_cache: bool = True,
            draft: bool = False, check_stop: Callable[[], None] | None = None,
-           progress: str | None = None) -> DecodedImages:
+           progress: str | None = None, share: Share | None = None) -> DecodedImages:
     """A split decoded into uint8 (3, size, size) images, from the store where it is there.
 
     ``draft``: decode JPEGs at a reduced scale first (``open_rgb``). For training caches
@@ -91,7 +100,8 @@ def decode(source: Source, size: int, workers: int | None = None, use_disk_cache
     0 keeps no pixels (``ok`` alone). ``workers``: decoding processes (default: one per CPU
     this process may use). ``check_stop`` is called after every batch decoded. ``progress``:
     the prefix (``resnet train``) of a line announcing a decode and of its progress bar;
-    None decodes silently."""
+    None decodes silently. ``share``: this process decodes its share of what is missing,
+    the other processes of its machine the rest."""
     labels = torch.as_tensor(np.asarray(source.labels), dtype=torch.int64)
     if isinstance(source, ImageArrays):
         return DecodedImages(resized_arrays(source.images, size), labels)
@@ -102,7 +112,11 @@ def decode(source: Source, size: int, workers: int | None = None, use_disk_cache
             images[start:start + len(batch)], ok[start:start + len(batch)] = batch, batch_ok
         return DecodedImages(torch.from_numpy(images), labels, ok=torch.from_numpy(ok))
     store = Store.for_files(source.paths, size, draft)
-    rows, ok, used = store.rows_of(source.paths, workers, check_stop, progress)
+    if share is not None and share.ranks > 1:
+        rows, ok, used = store.rows_shared(source.paths, share.rank, share.ranks, share.barrier,
+                                           max(1, workers // share.ranks), check_stop, progress)
+    else:
+        rows, ok, used = store.rows_of(source.paths, workers, check_stop, progress)
     return DecodedImages(store.images(used), labels, torch.from_numpy(rows), torch.from_numpy(ok))
 
 
@@ -268,27 +282,98 @@ class Store:
                check_stop: Callable[[], None] | None, progress: str | None) -> None:
         """Decode ``paths`` into new rows after the index's last, saving the index as it goes."""
         self.refuse_unless_room(len(paths))
-        if progress is not None:
-            print(f"{progress}: decoding {len(paths)} images at {self.size} px into {self.folder} "
-                  f"({gigabytes(len(paths) * self.row_bytes)})" if self.size else
-                  f"{progress}: checking {len(paths)} images once (remembered in {self.folder})",
-                  file=sys.stderr, flush=True)
+        self.announce(len(paths), progress)
         entries, first = index.reserve([os.path.abspath(p) for p in paths]), index.used
+        rows = np.arange(first, first + len(paths))
         with open(self.folder / "images.u8", "ab+") as file:
             file.truncate(first * self.row_bytes)  # what a killed decode wrote after its last index
-            saved_at = time.monotonic()
-            for start, images, ok in decoded_batches(paths, self.size, self.draft, workers, check_stop, progress):
+        saved_at = time.monotonic()
+
+        def enter(file, end: int, ok: np.ndarray) -> None:
+            nonlocal saved_at
+            done = entries[:end]
+            index.sizes[done], index.mtimes[done] = np.array(stats[:end], np.int64).reshape(-1, 2).T
+            index.rows[done], index.ok[done], index.used = rows[:end], ok[:end], first + end
+            if end == len(paths) or time.monotonic() - saved_at > INDEX_EVERY_SECONDS:
+                self.save_index(file, index)
+                saved_at = time.monotonic()
+
+        self.write_rows(paths, rows, workers, check_stop, progress, enter)
+
+    def write_rows(self, paths: list[Path], rows: np.ndarray, workers: int, check_stop: Callable[[], None] | None,
+                   progress: str | None, after_batch: Callable | None = None) -> np.ndarray:
+        """Decode ``paths`` into the given rows of images.u8; returns whether each decoded.
+        ``after_batch(file, decoded so far, flags)`` is called as batches land."""
+        ok = np.zeros(len(paths), bool)
+        with open(self.folder / "images.u8", "r+b") as file:
+            for start, images, batch_ok in decoded_batches(paths, self.size, self.draft, workers, check_stop, progress):
                 end = start + len(images)
                 if self.size:
-                    os.pwrite(file.fileno(), images.tobytes(), (first + start) * self.row_bytes)
-                done = entries[start:end]
-                index.sizes[done] = [size for size, _ in stats[start:end]]
-                index.mtimes[done] = [mtime for _, mtime in stats[start:end]]
-                index.rows[done], index.ok[done] = np.arange(first + start, first + end), ok
-                index.used = first + end
-                if time.monotonic() - saved_at > INDEX_EVERY_SECONDS:
-                    self.save_index(file, index)
-                    saved_at = time.monotonic()
+                    for k in range(len(images)):  # a share's rows need not be contiguous
+                        os.pwrite(file.fileno(), images[k].tobytes(), int(rows[start + k]) * self.row_bytes)
+                ok[start:end] = batch_ok
+                if after_batch is not None:
+                    after_batch(file, end, ok)
+        return ok
+
+    def announce(self, images: int, progress: str | None, of: int | None = None) -> None:
+        if progress is None:
+            return
+        count = f"{images} of {of}" if of is not None else str(images)
+        print(f"{progress}: decoding {count} images at {self.size} px into {self.folder} "
+              f"({gigabytes(images * self.row_bytes)})" if self.size else
+              f"{progress}: checking {count} images once (remembered in {self.folder})", file=sys.stderr, flush=True)
+
+    def rows_shared(self, paths: Sequence[Path], rank: int, ranks: int, barrier: Callable[[], None], workers: int,
+                    check_stop: Callable[[], None] | None, progress: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """``rows_of`` for the ``ranks`` processes of one machine (torchrun's local ranks), each
+        decoding an equal share of what is missing. Rank 0 holds the lock and writes the index;
+        every process calls this, and passes the same barriers."""
+        stats, lock = [file_identity(p) for p in paths], None
+        if rank == 0:
+            check_cache_dir(cache_dir())
+            self.folder.mkdir(exist_ok=True)
+            lock = StoreLock(self.folder / ".lock").__enter__()
+        try:
+            barrier()  # from here on, only these processes change the store
+            index = Index.load(self.index_path)
+            _, _, missing = look_up(paths, stats, index)
+            first = index.used
+            if missing:
+                self.refuse_unless_room(len(missing))  # the same verdict in every process
+                if rank == 0:
+                    with open(self.folder / "images.u8", "ab+") as file:
+                        file.truncate(first * self.row_bytes)
+            barrier()
+            mine = missing[rank::ranks]
+            if mine:
+                self.announce(len(mine), progress, of=len(missing))
+                ok = self.write_rows([paths[i] for i in mine], first + rank + ranks * np.arange(len(mine)),
+                                     workers, check_stop, progress)
+            if missing:
+                write_atomic(self.folder / f"ok-{rank}.npy", lambda f: np.save(f, ok if mine else np.zeros(0, bool)))
+            barrier()  # every share written
+            if rank == 0 and missing:
+                self.enter_shares(index, [paths[i] for i in missing], [stats[i] for i in missing], first, ranks)
+            barrier()  # the index names them
+        finally:
+            if lock is not None:
+                lock.__exit__()
+        rows, ok, _ = look_up(paths, stats, index := Index.load(self.index_path))
+        return rows, ok, index.used
+
+    def enter_shares(self, index: Index, paths: list[Path], stats: list[tuple[int, int]], first: int,
+                     ranks: int) -> None:
+        """Index the rows the processes decoded (rank k's j-th: missing file k + j * ranks)."""
+        ok = np.zeros(len(paths), bool)
+        for rank in range(ranks):
+            ok[rank::ranks] = np.load(self.folder / f"ok-{rank}.npy")
+            (self.folder / f"ok-{rank}.npy").unlink()
+        entries = index.reserve([os.path.abspath(p) for p in paths])
+        index.sizes[entries], index.mtimes[entries] = np.array(stats, np.int64).reshape(-1, 2).T
+        index.rows[entries], index.ok[entries] = first + np.arange(len(paths)), ok
+        index.used = first + len(paths)
+        with open(self.folder / "images.u8", "r+b") as file:
             self.save_index(file, index)
 
     def save_index(self, file, index: Index) -> None:

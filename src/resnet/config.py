@@ -83,8 +83,8 @@ class TrainConfig:
     pipeline: str = option("fast", "fast (decoded cache + batched augmentation) | classic (the tutorial's)")
     compile: bool = option(False, "torch.compile the model")
     channels_last: bool = option(True, "channels-last memory format")
-    workers: int = option(available_cpus(), "decoding / classic DataLoader processes (default: one per CPU this "
-                                            "process may use)")
+    workers: int | None = option(None, "decoding / classic DataLoader processes (default: one per CPU this "
+                                       "process may use)")
     sync_bn: bool = option(False, "under torchrun: SyncBatchNorm across ranks")
     seed: int = option(0, "seeds the initialization, the batches and the augmentation")
     out: str | None = option(None, "the run directory (default: runs/<dataset>-<arch>-<timestamp>)")
@@ -107,6 +107,10 @@ class TrainConfig:
 
     def resolved_backbone_lr_scale(self) -> float:
         return self.backbone_lr_scale if self.backbone_lr_scale is not None else (0.1 if self.weights else 1.0)
+
+    def resolved_workers(self) -> int:
+        # Asked at run time, not saved: a resumed run uses the CPUs it has where it resumes.
+        return self.workers if self.workers is not None else available_cpus()
 
     def resolved_cache_size(self) -> int:
         return self.cache_size or round(self.image_size * 8 / 7)

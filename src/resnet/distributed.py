@@ -15,6 +15,7 @@ class Topology:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # the processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -30,7 +31,8 @@ def init_distributed(device_type: str) -> Topology:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size == 1:
         return Topology()
-    topology = Topology(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    topology = Topology(int(os.environ["RANK"]), world_size, int(os.environ.get("LOCAL_RANK", "0")),
+                        int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
     if device_type == "cuda":

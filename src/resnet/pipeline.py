@@ -20,7 +20,7 @@ import torch
 
 from resnet import augment, distributed
 from resnet.augment import AugmentSpec, Normalize
-from resnet.cache import DecodedImages, decode
+from resnet.cache import DecodedImages, Share, decode
 from resnet.config import TrainConfig
 from resnet.data import DataSplits, ImageFiles, Source, report_unreadable, warn_of_classes_without
 from resnet.distributed import Topology, shard
@@ -83,17 +83,17 @@ def readable_parts(parts: list[tuple[Source, DecodedImages]]
 
 def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology, draft: bool = False,
                    check_stop: Callable[[], None] | None = None) -> DecodedImages:
-    """One process per machine (local rank 0) decodes, or finds the images in that machine's
-    cache; the machine's other processes then look them up there. Every machine has a
-    decoder, since a cache on one machine's disk is of no use to another."""
-    decoder = topology.local_rank == 0
-    if not decoder:
-        distributed.barrier(topology)
-    data = decode(source, size, workers=config.workers, draft=draft, check_stop=check_stop,
-                  progress=None if config.quiet or not topology.is_main else "resnet train")
-    if decoder:
-        distributed.barrier(topology)
-    return data
+    """Under torchrun the processes of each machine decode together into that machine's cache,
+    each a share of the images it lacks (with its share of the CPUs): a cache on one machine's
+    disk is of no use to another, so every machine decodes what it has not got."""
+    share = Share(topology.local_rank, topology.local_world_size, lambda: distributed.barrier(topology))
+    return decode(source, size, workers=config.resolved_workers(), draft=draft, check_stop=check_stop,
+                  progress=None if config.quiet else progress_prefix(topology),
+                  share=share if topology.enabled else None)
+
+
+def progress_prefix(topology: Topology) -> str:
+    return f"resnet train (rank {topology.rank})" if topology.enabled else "resnet train"
 
 
 # --- batches on the device ----------------------------------------------------------------------

@@ -400,7 +400,8 @@ class Run:
         else:
             transform = augment.classic_train_transform(augment_spec(config), size)
             local = [shard(b, self.topology) for b in batches[first:]]
-            loader = classic_loader(self.splits.train, local, transform, config.workers, config.seed * 1000 + epoch)
+            loader = classic_loader(self.splits.train, local, transform, config.resolved_workers(),
+                                    config.seed * 1000 + epoch)
             for step, (images, labels) in enumerate(loader, start=first):
                 yield step, images, labels
 
@@ -472,7 +473,7 @@ class Run:
             batches = decoded_eval_batches(data, batch, self.device, self.topology)
         else:
             batches = classic_eval_batches(source, self.config.resolved_eval_image_size(), batch,
-                                           self.config.workers, self.topology)
+                                           self.config.resolved_workers(), self.topology)
         logits, labels = predict_logits(self.eval_model, batches, self.device, self.dtype, self.topology)
         return classification_metrics(logits, labels)
 
