@@ -242,7 +242,7 @@ class Store:
     @classmethod
     def for_files(cls, paths: Sequence[Path], size: int, draft: bool) -> Store:
         """The store of the folder that holds ``paths``, at ``size``."""
-        parents = {os.path.dirname(os.path.abspath(p)) for p in paths}
+        parents = {os.path.abspath(folder) for folder in {os.path.dirname(os.fspath(p)) for p in paths}}
         root = os.path.commonpath(sorted(parents)) if parents else ""
         key = hashlib.sha256(os.fsencode(f"v{STORE_FORMAT} {size} draft={draft} ") + os.fsencode(root))
         return cls(cache_dir() / key.hexdigest()[:24], size, draft)
