@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -604,6 +605,57 @@ def measure_size(options: Options, spec: FolderSpec, result: dict[str, Any]) -> 
     if cold["seconds"] is not None and one["seconds"] is not None:
         result["speedup"] = one["seconds"] / cold["seconds"]
     result["memory"] = memory_run(options, spec, folder)
+    measure_decode(options, folder, result)
+
+
+# The decode and the warm look-up alone, in a process of their own: the training split at the
+# cache size of --image-size 112 (128 px, JPEGs in draft mode), as resnet train decodes it.
+DECODE_ONLY = """
+import json, sys, time
+from resnet.cache import decode
+from resnet.data import load_splits
+root, workers = sys.argv[1], int(sys.argv[2])
+start = time.perf_counter()
+train = load_splits("imagefolder", root).train
+listed = time.perf_counter()
+decode(train, 128, workers=workers, draft=True)
+decoded = time.perf_counter()
+again = load_splits("imagefolder", root).train
+decode(again, 128, workers=workers, draft=True)
+warm = time.perf_counter()
+print(json.dumps({"images": len(train), "list_seconds": listed - start, "decode_seconds": decoded - listed,
+                  "warm_seconds": warm - decoded}))
+"""
+
+
+def decode_only(folder: Path, one_core: bool, cpu: int) -> dict[str, Any]:
+    """Seconds to decode the training split (fresh cache), and to list and look it up again."""
+    workers = 1 if one_core else len(affinity())
+    command = [sys.executable, "-c", DECODE_ONLY, str(folder), str(workers)]
+    if one_core:
+        command = ["taskset", "-c", str(cpu), *command]
+    with tempfile.TemporaryDirectory(prefix="resnet-scale-decode-") as cache:
+        env = {**os.environ, "RESNET_CACHE": cache, **({"OMP_NUM_THREADS": "1"} if one_core else {})}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-3:]}
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures.update(workers=workers, images_per_s=figures["images"] / figures["decode_seconds"],
+                   warm_ms_per_file=1000 * figures["warm_seconds"] / figures["images"])
+    return figures
+
+
+def measure_decode(options: Options, folder: Path, result: dict[str, Any]) -> None:
+    two = decode_only(folder, False, options.one_cpu)
+    one = decode_only(folder, True, options.one_cpu)
+    result["decode_only"] = {"all_cpus": two, "one_cpu": one}
+    if "error" not in two and "error" not in one:
+        result["decode_only"]["speedup"] = one["decode_seconds"] / two["decode_seconds"]
+        log(f"decode alone: {two['images_per_s']:.0f} images/s on {two['workers']} CPUs, {one['images_per_s']:.0f} "
+            f"on one ({result['decode_only']['speedup']:.2f}x); a warm list and look-up "
+            f"{two['warm_ms_per_file']:.3f} ms a file")
+    else:
+        log(f"decode alone failed: {two.get('error') or one.get('error')}")
 
 
 def figure(result: dict[str, Any], *keys: str) -> float | None:

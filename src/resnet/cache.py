@@ -287,16 +287,20 @@ class Store:
         rows = np.arange(first, first + len(paths))
         with open(self.folder / "images.u8", "ab+") as file:
             file.truncate(first * self.row_bytes)  # what a killed decode wrote after its last index
-        saved_at = time.monotonic()
+        identities = np.array(stats, np.int64).reshape(-1, 2)
+        entered, saved_at, save_seconds = 0, time.monotonic(), 0.0
 
         def enter(file, end: int, ok: np.ndarray) -> None:
-            nonlocal saved_at
-            done = entries[:end]
-            index.sizes[done], index.mtimes[done] = np.array(stats[:end], np.int64).reshape(-1, 2).T
-            index.rows[done], index.ok[done], index.used = rows[:end], ok[:end], first + end
-            if end == len(paths) or time.monotonic() - saved_at > INDEX_EVERY_SECONDS:
+            nonlocal entered, saved_at, save_seconds
+            done = entries[entered:end]
+            index.sizes[done], index.mtimes[done] = identities[entered:end].T
+            index.rows[done], index.ok[done], index.used = rows[entered:end], ok[entered:end], first + end
+            entered = end
+            # Saving rewrites the whole index: at most a twentieth of the time goes to it.
+            if end == len(paths) or time.monotonic() - saved_at > max(INDEX_EVERY_SECONDS, 20 * save_seconds):
+                began = time.monotonic()
                 self.save_index(file, index)
-                saved_at = time.monotonic()
+                saved_at, save_seconds = time.monotonic(), time.monotonic() - began
 
         self.write_rows(paths, rows, workers, check_stop, progress, enter)
 
