@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import builtins
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -140,7 +141,7 @@ def test_a_damaged_index_means_decoding_again(source, decodes):
 
 
 def test_a_disk_without_room_is_refused_before_any_decode(source, decodes, monkeypatch):
-    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
     with pytest.raises(ResnetError, match=r"^the decoded cache needs 0.0 MB more in .*, which has 0.0 MB free: "
                                           "set RESNET_CACHE to a folder with room, or train with --pipeline classic"
                                           ) as error:

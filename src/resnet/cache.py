@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,8 +33,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from resnet.checkpoint import write_atomic
-from resnet.data import ImageArrays, Source, _ResizeToTensor, check_cache_dir, open_image, open_rgb
+from resnet.checkpoint import byte_size, free_bytes, write_atomic
+from resnet.data import ImageArrays, ImageFiles, Source, _ResizeToTensor, open_image, open_rgb, report_unreadable
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
 from resnet.signals import leave_signals_to_the_main_process
@@ -51,6 +51,31 @@ DECODE_BATCH = 64
 
 def cache_dir() -> Path:
     return Path(os.environ.get("RESNET_CACHE", Path.home() / ".cache" / "resnet" / "decoded"))
+
+
+def check_cache_dir(folder: Path) -> None:
+    """Make the cache folder and create (then delete) a file in it, or a one-line ResnetError
+    that says why not and what to do: called before a decode, so that a folder that cannot
+    hold the cache fails at once instead of after minutes of decoding."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ResnetError(cache_dir_problem(folder, "cannot create the folder", error)) from None
+    try:
+        with tempfile.NamedTemporaryFile(prefix=".probe-", dir=folder):
+            pass
+    except OSError as error:
+        raise ResnetError(cache_dir_problem(folder, "cannot create a file in it", error)) from None
+
+
+def cache_dir_problem(folder: Path, failed: str, error: OSError) -> str:
+    """The error's text: which cache folder (RESNET_CACHE's or the default), what is wrong, what to do."""
+    where = (f"RESNET_CACHE={os.environ['RESNET_CACHE']}" if "RESNET_CACHE" in os.environ
+             else f"the decoded-image cache {folder} (RESNET_CACHE is not set)")
+    # Being a file, or under one, is the usual mistake; say which file it is.
+    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    problem = f"{blocking} is a file, not a folder" if blocking else f"{failed} ({error.strerror or error})"
+    return f"{where}: {problem}; set RESNET_CACHE to a folder that can be written"
 
 
 @dataclass
@@ -215,6 +240,13 @@ class Index:
         self.sizes[entries] = -1  # a changed file is not what its old row holds
         return entries
 
+    def enter(self, entries: np.ndarray, identities: np.ndarray, rows: np.ndarray, ok: np.ndarray) -> None:
+        """Record decoded files: their (size, mtime) pairs, rows and flags; the rows in use grow to cover them."""
+        self.sizes[entries], self.mtimes[entries] = identities.T
+        self.rows[entries], self.ok[entries] = rows, ok
+        if len(rows):
+            self.used = max(self.used, int(rows.max()) + 1)
+
     def save(self, path: Path) -> None:
         names = np.frombuffer(b"\0".join(os.fsencode(p) for p in self.paths), np.uint8)
         write_atomic(path, lambda f: np.savez(f, names=names, sizes=self.sizes, mtimes=self.mtimes, rows=self.rows,
@@ -251,6 +283,17 @@ class Store:
     def index_path(self) -> Path:
         return self.folder / "index.npz"
 
+    def prepare(self) -> None:
+        """The store's folder, made after the cache folder is checked: before any image is read,
+        one line says what is wrong with it."""
+        check_cache_dir(cache_dir())
+        self.folder.mkdir(exist_ok=True)
+
+    def truncate(self, used: int) -> None:
+        """images.u8 cut to the rows in use: what a killed decode wrote after its last index goes."""
+        with open(self.folder / "images.u8", "ab+") as file:
+            file.truncate(used * self.row_bytes)
+
     def images(self, used: int) -> torch.Tensor:
         """The first ``used`` rows, memory-mapped (copy-on-write: a stray write never reaches the file)."""
         if not self.size or not used:
@@ -266,8 +309,7 @@ class Store:
         index = Index.load(self.index_path)
         rows, ok, missing = look_up(paths, stats, index)
         if missing:
-            check_cache_dir(cache_dir())  # before any image is read: one line saying what is wrong
-            self.folder.mkdir(exist_ok=True)
+            self.prepare()
             with StoreLock(self.folder / ".lock"):
                 # Another process may have decoded them while this one waited for the lock.
                 index = Index.load(self.index_path)
@@ -285,16 +327,13 @@ class Store:
         self.announce(len(paths), progress)
         entries, first = index.reserve([os.path.abspath(p) for p in paths]), index.used
         rows = np.arange(first, first + len(paths))
-        with open(self.folder / "images.u8", "ab+") as file:
-            file.truncate(first * self.row_bytes)  # what a killed decode wrote after its last index
+        self.truncate(first)
         identities = np.array(stats, np.int64).reshape(-1, 2)
         entered, saved_at, save_seconds = 0, time.monotonic(), 0.0
 
         def enter(file, end: int, ok: np.ndarray) -> None:
             nonlocal entered, saved_at, save_seconds
-            done = entries[entered:end]
-            index.sizes[done], index.mtimes[done] = identities[entered:end].T
-            index.rows[done], index.ok[done], index.used = rows[entered:end], ok[entered:end], first + end
+            index.enter(entries[entered:end], identities[entered:end], rows[entered:end], ok[entered:end])
             entered = end
             # Saving rewrites the whole index: at most a twentieth of the time goes to it.
             if end == len(paths) or time.monotonic() - saved_at > max(INDEX_EVERY_SECONDS, 20 * save_seconds):
@@ -325,7 +364,7 @@ class Store:
             return
         count = f"{images} of {of}" if of is not None else str(images)
         print(f"{progress}: decoding {count} images at {self.size} px into {self.folder} "
-              f"({gigabytes(images * self.row_bytes)})" if self.size else
+              f"({byte_size(images * self.row_bytes)})" if self.size else
               f"{progress}: checking {count} images once (remembered in {self.folder})", file=sys.stderr, flush=True)
 
     def rows_shared(self, paths: Sequence[Path], rank: int, ranks: int, barrier: Callable[[], None], workers: int,
@@ -335,8 +374,7 @@ class Store:
         every process calls this, and passes the same barriers."""
         stats, lock = [file_identity(p) for p in paths], None
         if rank == 0:
-            check_cache_dir(cache_dir())
-            self.folder.mkdir(exist_ok=True)
+            self.prepare()
             lock = StoreLock(self.folder / ".lock").__enter__()
         try:
             barrier()  # from here on, only these processes change the store
@@ -346,8 +384,7 @@ class Store:
             if missing:
                 self.refuse_unless_room(len(missing))  # the same verdict in every process
                 if rank == 0:
-                    with open(self.folder / "images.u8", "ab+") as file:
-                        file.truncate(first * self.row_bytes)
+                    self.truncate(first)
             barrier()
             mine = missing[rank::ranks]
             if mine:
@@ -374,9 +411,7 @@ class Store:
             ok[rank::ranks] = np.load(self.folder / f"ok-{rank}.npy")
             (self.folder / f"ok-{rank}.npy").unlink()
         entries = index.reserve([os.path.abspath(p) for p in paths])
-        index.sizes[entries], index.mtimes[entries] = np.array(stats, np.int64).reshape(-1, 2).T
-        index.rows[entries], index.ok[entries] = first + np.arange(len(paths)), ok
-        index.used = first + len(paths)
+        index.enter(entries, np.array(stats, np.int64).reshape(-1, 2), first + np.arange(len(paths)), ok)
         with open(self.folder / "images.u8", "r+b") as file:
             self.save_index(file, index)
 
@@ -386,11 +421,10 @@ class Store:
         index.save(self.index_path)
 
     def refuse_unless_room(self, images: int) -> None:
-        needed = images * self.row_bytes
-        free = shutil.disk_usage(self.folder).free
-        if needed > free:
-            raise ResnetError(f"the decoded cache needs {gigabytes(needed)} more in {self.folder}, which has "
-                              f"{gigabytes(free)} free: set RESNET_CACHE to a folder with room, or train with "
+        needed, free = images * self.row_bytes, free_bytes(self.folder)
+        if free is not None and needed > free:
+            raise ResnetError(f"the decoded cache needs {byte_size(needed)} more in {self.folder}, which has "
+                              f"{byte_size(free)} free: set RESNET_CACHE to a folder with room, or train with "
                               "--pipeline classic, which decodes the images every epoch instead")
 
 
@@ -409,10 +443,6 @@ def look_up(paths: Sequence[Path], stats: list[tuple[int, int] | None],
         else:
             missing.append(i)
     return rows, ok, missing
-
-
-def gigabytes(n: int) -> str:
-    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
 
 
 def file_identity(path: Path) -> tuple[int, int] | None:
@@ -445,3 +475,18 @@ class StoreLock:
     def __exit__(self, *exc) -> None:
         if self.fd is not None:
             os.close(self.fd)  # closing releases the lock
+
+
+def readable_parts(parts: list[tuple[Source, DecodedImages]], strict: bool
+                   ) -> tuple[list[tuple[Source, DecodedImages]], list[str]]:
+    """Each (source, decoded) less the files that did not decode, and the paths of those, after
+    one warning naming them (with ``strict``, an error)."""
+    kept, bad = [], []
+    for source, data in parts:
+        ok = data.readable()
+        if isinstance(source, ImageFiles) and not ok.all():
+            bad += [str(source.paths[i]) for i in (~ok).nonzero().flatten().tolist()]
+            source, data = source.subset(ok.nonzero().flatten().tolist()), data.subset(ok)
+        kept.append((source, data))
+    report_unreadable(bad, strict)
+    return kept, bad

@@ -39,8 +39,8 @@ class DiskFull(ResnetError):
 
     def __init__(self, path: Path, needed: int | None = None) -> None:
         free = free_bytes(path.parent)
-        sizes = [f"it needs {megabytes(needed)}" if needed is not None else "",
-                 f"{megabytes(free)} free" if free is not None else ""]
+        sizes = [f"it needs {byte_size(needed)}" if needed is not None else "",
+                 f"{byte_size(free)} free" if free is not None else ""]
         kept = f"; the previous {path.name} is kept" if path.exists() else ""
         super().__init__(f"no space left on the device to write {path} ({', '.join(s for s in sizes if s)}){kept}")
 
@@ -52,8 +52,8 @@ def free_bytes(folder: Path) -> int | None:
         return None
 
 
-def megabytes(n: int) -> str:
-    return f"{n / 1e6:.1f} MB"
+def byte_size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)

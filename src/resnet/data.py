@@ -11,7 +11,6 @@ import copy
 import os
 import re
 import stat
-import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -343,31 +342,6 @@ class _ResizeToTensor:
         # random-resized-crop's aspect-ratio range covers the distortion in training.
         image = image.resize((self.size, self.size), Image.BILINEAR, reducing_gap=None)
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
-def check_cache_dir(folder: Path) -> None:
-    """Make the cache folder and create (then delete) a file in it, or a one-line ResnetError
-    that says why not and what to do: called before a decode, so that a folder that cannot
-    hold the cache fails at once instead of after minutes of decoding."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ResnetError(cache_dir_problem(folder, "cannot create the folder", error)) from None
-    try:
-        with tempfile.NamedTemporaryFile(prefix=".probe-", dir=folder):
-            pass
-    except OSError as error:
-        raise ResnetError(cache_dir_problem(folder, "cannot create a file in it", error)) from None
-
-
-def cache_dir_problem(folder: Path, failed: str, error: OSError) -> str:
-    """The error's text: which cache folder (RESNET_CACHE's or the default), what is wrong, what to do."""
-    where = (f"RESNET_CACHE={os.environ['RESNET_CACHE']}" if "RESNET_CACHE" in os.environ
-             else f"the decoded-image cache {folder} (RESNET_CACHE is not set)")
-    # Being a file, or under one, is the usual mistake; say which file it is.
-    blocking = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
-    problem = f"{blocking} is a file, not a folder" if blocking else f"{failed} ({error.strerror or error})"
-    return f"{where}: {problem}; set RESNET_CACHE to a folder that can be written"
 
 
 def classic_loader(source: Source, batches: list[torch.Tensor], transform: Callable, workers: int,

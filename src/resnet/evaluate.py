@@ -24,9 +24,8 @@ from resnet import augment, distributed
 from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.checkpoint import load_checkpoint
 from resnet.config import MAX_IMAGE_SIZE, TrainConfig
-from resnet.cache import DecodedImages, decode
-from resnet.data import (DATASETS, ImageArrays, ImageFiles, Source, classic_loader, load_splits, printable,
-                         report_unreadable)
+from resnet.cache import DecodedImages, decode, readable_parts
+from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, classic_loader, load_splits, printable
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.hardware import autocast, select_device
@@ -253,12 +252,9 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     The images go through the training run's own evaluation path: decoded once at the
     checkpoint's image size (square resize), then normalized with its mean and std.
     """
-    from resnet.pipeline import readable_parts
-
     device = torch.device(device)
     norm = checkpoint["normalization"]
-    [(source, data)], bad = readable_parts([(source, decode(source, norm["image_size"], workers=workers))])
-    report_unreadable(bad, strict)
+    [(source, data)], _ = readable_parts([(source, decode(source, norm["image_size"], workers=workers))], strict)
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"]))
     batches = decoded_eval_batches(data, batch_size, device, normalize=normalize)
     model.to(device)

@@ -20,9 +20,9 @@ import torch
 
 from resnet import augment, distributed
 from resnet.augment import AugmentSpec, Normalize
-from resnet.cache import DecodedImages, Share, decode
+from resnet.cache import DecodedImages, Share, decode, readable_parts
 from resnet.config import TrainConfig
-from resnet.data import DataSplits, ImageFiles, Source, report_unreadable, warn_of_classes_without
+from resnet.data import DataSplits, Source, warn_of_classes_without
 from resnet.distributed import Topology, shard
 from resnet.errors import ResnetError
 
@@ -57,8 +57,7 @@ def load_run_data(splits: DataSplits, config: TrainConfig, topology: Topology,
     evaluation = decode_for_run(splits.eval, config.resolved_eval_image_size() if fast else 0, config, topology,
                                 check_stop=check_stop)
     [(train_source, train), (eval_source, evaluation)], bad = readable_parts(
-        [(splits.train, train), (splits.eval, evaluation)])
-    report_unreadable(bad, config.strict)
+        [(splits.train, train), (splits.eval, evaluation)], config.strict)
     if not len(train_source) or not len(eval_source):
         raise ResnetError("no readable images left for training and validation")
     if bad:  # which classes the unreadable files left empty
@@ -66,19 +65,6 @@ def load_run_data(splits: DataSplits, config: TrainConfig, topology: Topology,
         warn_of_classes_without(splits.classes, eval_source.labels, "no readable validation image")
     kept = replace(splits, train=train_source, eval=eval_source, skipped=sorted(bad))
     return RunData(kept, train if fast else None, evaluation if fast else None)
-
-
-def readable_parts(parts: list[tuple[Source, DecodedImages]]
-                   ) -> tuple[list[tuple[Source, DecodedImages]], list[str]]:
-    """Each (source, decoded) less the files that did not decode, and the paths of those."""
-    kept, bad = [], []
-    for source, data in parts:
-        ok = data.readable()
-        if isinstance(source, ImageFiles) and not ok.all():
-            bad += [str(source.paths[i]) for i in (~ok).nonzero().flatten().tolist()]
-            source, data = source.subset(ok.nonzero().flatten().tolist()), data.subset(ok)
-        kept.append((source, data))
-    return kept, bad
 
 
 def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Topology, draft: bool = False,

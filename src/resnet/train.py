@@ -43,8 +43,8 @@ from resnet.checkpoint import (
     write_text_atomic,
 )
 from resnet.config import TrainConfig
-from resnet.cache import DecodedImages
-from resnet.data import Source, classic_loader, load_splits, report_unreadable
+from resnet.cache import DecodedImages, readable_parts
+from resnet.data import Source, classic_loader, load_splits
 from resnet.distributed import Topology, shard
 from resnet.errors import ResnetError
 from resnet.evaluate import (
@@ -56,7 +56,7 @@ from resnet.evaluate import (
 )
 from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
 from resnet.model import FlipTTA, ResNet, get_model
-from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data, readable_parts
+from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
 from resnet.signals import StopSignals, Stopped
@@ -554,8 +554,7 @@ class Run:
         fast = self.config.pipeline == "fast"
         size = self.config.resolved_eval_image_size() if fast else 0
         decoded = decode_for_run(self.splits.test, size, self.config, self.topology, check_stop=self.stop.check)
-        [(test_source, test_data)], bad = readable_parts([(self.splits.test, decoded)])
-        report_unreadable(bad, self.config.strict)
+        [(test_source, test_data)], _ = readable_parts([(self.splits.test, decoded)], self.config.strict)
         test = self.validate(test_source, test_data if fast else None)
         return {"test_images": len(test_source), "test_top1": test["top1"], "test_top5": test["top5"]}
 
