@@ -30,7 +30,12 @@ class TrainConfig:
     dataset: str = option("petals", "petals (built in) | flowers102 | imagefolder")
     data_dir: str | None = option(None, "where the dataset is: the folder holding flowers-102/, or the image folder")
     split: str = option("tutorial", "flowers102: tutorial (train on 'test', evaluate on 'train') | official")
-    val_fraction: float = option(0.2, "imagefolder without train/ and val/: share of each class held out")
+    labels: str | None = option(None, "a CSV or TSV label file (columns: path, label, optionally split), paths "
+                                      "relative to --data-dir (default: the file's folder); implies imagefolder")
+    val_fraction: float = option(0.2, "imagefolder without train/ and val/ (or a label file without a split "
+                                      "column): share of each class held out")
+    balance: str = option("none", "class imbalance: none | loss (inverse-frequency class weights in the loss) | "
+                                  "sampler (each epoch draws the classes evenly)")
     strict: bool = option(False, "an unreadable image is an error instead of a warning")
     # model
     arch: str = option("resnet18", "the architecture (resnet list)")
@@ -70,6 +75,8 @@ class TrainConfig:
     warmup_epochs: float = option(2.0, "linear learning-rate warmup, epochs")
     schedule: str = option("cosine", "learning rate after warmup: cosine (to zero) | constant")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    select_metric: str = option("top1", "the validation score that chooses best.pt: top1 | macro_f1 | "
+                                        "balanced_accuracy (mean per-class recall)")
     ema_decay: float = option(0.0, "per-step decay of an evaluated weight average (0: off)")
     tta: bool = option(True, "evaluate each image and its mirror image, averaging their logits")
     rotation: float = option(30.0, "random rotation, degrees either way")
@@ -219,7 +226,7 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     recipe = given.get("recipe", "default")
     if recipe not in RECIPES:
         raise ResnetError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    dataset = given.get("dataset", TrainConfig.dataset)
+    dataset = given.get("dataset", "imagefolder" if given.get("labels") else TrainConfig.dataset)
     preset = dict(DATASET_PRESETS.get(dataset, {}))
     if "image_size" in given and "eval_image_size" not in given:
         # A preset's evaluation size suits the preset's training size; another training
@@ -231,12 +238,20 @@ def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
     values.update(given)
     if recipe in PROGRESSIVE_RECIPES and "min_image_size" not in values:
         values["min_image_size"] = smallest_crop(values.get("image_size", TrainConfig.image_size))
+    if values.get("labels"):
+        values["labels"] = absolute(values["labels"])
+        values.setdefault("dataset", "imagefolder")
+        values.setdefault("data_dir", os.path.dirname(values["labels"]))
     if values.get("data_dir"):
         # Stored absolute, so that the run's data is found from any working directory.
-        values["data_dir"] = os.path.abspath(os.path.expanduser(values["data_dir"]))
+        values["data_dir"] = absolute(values["data_dir"])
     config = TrainConfig.from_dict(values)
     validate(config)
     return config
+
+
+def absolute(path: str) -> str:
+    return os.path.abspath(os.path.expanduser(path))
 
 
 # The allowed values of the config's choice fields, for validation and for the CLI.
@@ -244,6 +259,7 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     dataset=("petals", "flowers102", "imagefolder"), split=("tutorial", "official"), recipe=tuple(RECIPES),
     precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
     pipeline=("fast", "classic"), schedule=("cosine", "constant"), optimizer=("sgd", "adamw"),
+    balance=("none", "loss", "sampler"), select_metric=("top1", "macro_f1", "balanced_accuracy"),
 )
 
 
@@ -273,6 +289,8 @@ def validate(config: TrainConfig) -> None:
         if getattr(config, name) is not None and getattr(config, name) < 1:
             raise ResnetError(f"{flag(name)} must be at least 1, got {getattr(config, name)}")
     check_ranges(config)
+    if config.labels and config.dataset != "imagefolder":
+        raise ResnetError(f"--labels reads an image folder; it cannot be used with --dataset {config.dataset}")
     if not 0 < config.min_scale <= 1:  # before the sizes: the evaluation size is derived from it
         raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
     check_image_sizes(config)

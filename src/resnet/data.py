@@ -249,29 +249,61 @@ def list_class_folders(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
 Samples = list[tuple[Path, int]]  # (image file, label)
 
 
+# The names of an evaluation folder beside DIR/train, matched case-insensitively. With a
+# validation folder and a test folder, the run validates on the first and scores the test
+# folder once, at the end (as Flowers-102's official split does).
+VALIDATION_FOLDERS = ("val", "valid", "validation")
+TEST_FOLDERS = ("test",)
+
+
 def imagefolder_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
-    """DIR/train + DIR/val as they are, or DIR/<class>/... split per class (seeded). No image
-    is read here: the decode finds the unreadable ones (``drop_unreadable``)."""
-    if (root / "train").is_dir():
-        classes, train_samples, val_samples = train_and_val_folders(root)
-    else:
+    """DIR/train beside DIR/val (or valid, validation, test), or DIR/<class>/... split per class
+    (seeded). No image is read here: the decode finds the unreadable ones."""
+    if not root.is_dir():
+        raise ResnetError(f"{root} is not a directory")
+    folders = split_folders(root)
+    if "train" not in folders:
         classes, train_samples, val_samples = split_class_folders(root, val_fraction, seed)
+        return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val")
+    classes, train_samples = list_class_folders(folders["train"])
+    evaluated = folders.get("val") or folders.get("test")
+    if evaluated is None:
+        raise ResnetError(f"{folders['train']} exists but no evaluation folder is beside it (name it one of "
+                          f"{', '.join(VALIDATION_FOLDERS + TEST_FOLDERS)})")
+    test = folders.get("test") if folders.get("val") else None
+    return DataSplits(files(train_samples), files(samples_like(evaluated, classes)), classes,
+                      files(samples_like(test, classes)) if test else None, eval_name=evaluated.name)
 
-    def files(samples: Samples) -> ImageFiles:
-        return ImageFiles([p for p, _ in samples], [label for _, label in samples])
 
-    return DataSplits(files(train_samples), files(val_samples), classes, eval_name="val")
+def files(samples: Samples) -> ImageFiles:
+    return ImageFiles([p for p, _ in samples], [label for _, label in samples])
 
 
-def train_and_val_folders(root: Path) -> tuple[list[str], Samples, Samples]:
-    """Classes, training and validation samples of DIR/train + DIR/val."""
-    classes, train_samples = list_class_folders(root / "train")
-    val_classes, val_samples = list_class_folders(root / "val") if (root / "val").is_dir() else (classes, [])
-    if not val_samples:
-        raise ResnetError(f"{root}/train exists but {root}/val does not (or is empty)")
-    if val_classes != classes:
-        raise ResnetError(f"{root}/train and {root}/val have different class folders")
-    return classes, train_samples, val_samples
+def split_folders(root: Path) -> dict[str, Path]:
+    """DIR's train, validation and test folders by role ("train", "val", "test"), their names
+    matched case-insensitively; two folders for one role are an error naming both."""
+    roles = {"train": "train", **{name: "val" for name in VALIDATION_FOLDERS}, **{name: "test" for name in TEST_FOLDERS}}
+    found: dict[str, Path] = {}
+    for entry in sorted(root.iterdir()):
+        role = roles.get(entry.name.lower())
+        if role is None or not entry.is_dir():
+            continue
+        if role in found:
+            raise ResnetError(f"{root} has both {found[role].name}/ and {entry.name}/: keep one {role} folder")
+        found[role] = entry
+    return found
+
+
+def samples_like(folder: Path, classes: list[str]) -> Samples:
+    """The samples of an evaluation folder, labelled as the training folder's classes are. It
+    may lack a class (a small validation set often does) but not have one training lacks."""
+    folder_classes, samples = list_class_folders(folder)
+    unknown = sorted(set(folder_classes) - set(classes))
+    if unknown:
+        shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise ResnetError(f"{folder} has class folder(s) that the training folder does not: {shown}")
+    label_of = {name: classes.index(name) for name in folder_classes}
+    return [(path, label_of[folder_classes[label]]) for path, label in samples]
 
 
 def split_class_folders(root: Path, val_fraction: float, seed: int) -> tuple[list[str], Samples, Samples]:
