@@ -171,3 +171,34 @@ def test_flip_tta_averages_an_image_and_its_mirror():
         assert torch.allclose(tta(x), (model(x) + model(x.flip(-1))) / 2)
         assert torch.allclose(tta(x), tta(x.flip(-1)), atol=1e-5)  # mirror-invariant by construction
         assert not torch.allclose(model(x), model(x.flip(-1)), atol=1e-3)  # which the model alone is not
+
+
+# --- the small-image stem ----------------------------------------------------------------
+
+
+def test_small_stem_keeps_32px_images_large_through_layer4():
+    model = resnet18(num_classes=10, stem="small").eval()
+    x = torch.randn(2, 3, 32, 32)
+    shapes = {}
+    for name in ("maxpool", "layer1", "layer2", "layer3", "layer4"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape))
+    assert model(x).shape == (2, 10)
+    assert shapes == {"maxpool": (2, 64, 32, 32), "layer1": (2, 64, 32, 32), "layer2": (2, 128, 16, 16),
+                      "layer3": (2, 256, 8, 8), "layer4": (2, 512, 4, 4)}
+    imagenet = resnet18(num_classes=10).eval()
+    assert imagenet.forward_features(x).shape == (2, 512, 1, 1)  # why small images need another stem
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_small_stem_differs_from_torchvision_only_in_conv1s_shape(name):
+    ours = get_model(name, num_classes=10, stem="small").state_dict()
+    theirs = getattr(torchvision.models, name)(num_classes=10).state_dict()
+    assert list(ours) == list(theirs)
+    differing = {key for key in ours if ours[key].shape != theirs[key].shape}
+    assert differing == {"conv1.weight"}
+    assert ours["conv1.weight"].shape == (64, 3, 3, 3)
+
+
+def test_unknown_stem_is_refused():
+    with pytest.raises(ValueError, match="stem"):
+        resnet18(stem="tiny")

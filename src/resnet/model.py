@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 Pooling = Literal["avg", "max"] | None
 POOLINGS = ("avg", "max")
+Stem = Literal["imagenet", "small"]
+STEMS = ("imagenet", "small")
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -102,7 +104,7 @@ Block = type[BasicBlock] | type[Bottleneck]
 
 
 class ResNet(nn.Module):
-    """A ResNet: a 7x7 stem, four stages of residual blocks, a pooled linear head.
+    """A ResNet: a stem (7x7 for ImageNet-sized images), four stages of residual blocks, a pooled linear head.
 
     Args:
         block: ``BasicBlock`` or ``Bottleneck``.
@@ -117,6 +119,11 @@ class ResNet(nn.Module):
             (the paper's v1) instead of its 3x3 conv (v1.5, the default).
         zero_init_residual: start the last BatchNorm of every block at zero, so each
             residual branch begins as the identity (Goyal et al., 2017).
+        stem: ``"imagenet"``, the 7x7 stride-2 convolution and stride-2 max-pool that take
+            224 px to 56 before ``layer1``; or ``"small"``, for images of about 32 px, a 3x3
+            stride-1 convolution and no max-pool (He et al.'s CIFAR ResNets): ``layer1``
+            sees the image at full size and ``layer4`` a 4x4 map at 32 px, not 1x1. Only
+            ``conv1``'s weight changes shape; every name stays torchvision's.
     """
 
     def __init__(
@@ -128,17 +135,25 @@ class ResNet(nn.Module):
         pooling: Pooling = None,
         stride_in_1x1: bool = False,
         zero_init_residual: bool = False,
+        stem: Stem = "imagenet",
     ) -> None:
         super().__init__()
         _check_arguments(block, layers, num_classes, pooling)
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
         self.include_top = include_top
         self.num_features = 512 * block.expansion
         self.num_classes = num_classes if include_top else 0
+        self.stem = stem
 
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        if stem == "imagenet":
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        else:
+            self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()  # no parameters: the state_dict's names are unchanged
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
 
         in_channels = 64
         stages = []
@@ -168,7 +183,8 @@ class ResNet(nn.Module):
                     nn.init.zeros_(m.last_bn().weight)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """The stem and the four stages: ``(N, 3, H, W) -> (N, C, H/32, W/32)``."""
+        """The stem and the four stages: ``(N, 3, H, W) -> (N, C, H/32, W/32)`` (``H/8``
+        with the small stem)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
