@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Time to accuracy on Flowers-102 (issue 12): one of the issue's two commands, the whole command
+# Time to accuracy on Flowers-102: one of its two benchmark commands, the whole command
 # timed with a cold decode cache, then its outputs copied to benchmarks/results/<name>/ with
 # output.txt (the CPU, the command, its epoch lines and `time`). Run it with the machine to
 # itself: on 2 cores a second training (or the test suite) slows both by up to 4x.

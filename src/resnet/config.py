@@ -190,7 +190,7 @@ TUTORIAL_RECIPE: dict[str, Any] = dict(
     zero_init_residual=False, seed=0,
 )
 
-# The default recipe, shorter (issue 12: time to accuracy on a CPU), with twice the peak lr
+# The default recipe, shorter (for time to accuracy on a CPU), with twice the peak lr
 # (36 epochs at lr 0.1 reached 81.47% where lr 0.05 reached 77.75%; 0.2 did no better than 0.1)
 # and one evaluation, after the last epoch: eight evaluations cost two epochs' time. Its crops
 # are multiples of 32 (64 then 96 px for 112): an 80 px crop gives layer4 the 3x3 map that 96 px
