@@ -33,3 +33,10 @@ def test_unknown_arch_is_a_usage_error(capsys):
         main(["summary", "resnet19"])
     assert exit.value.code == 2
     assert "invalid choice: 'resnet19'" in capsys.readouterr().err
+
+
+def test_summary_of_the_small_stem(capsys):
+    assert main(["summary", "resnet18", "--stem", "small", "--image-size", "32", "--num-classes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 11,173,962" in out  # 11,181,642 - 64 * 3 * (7 * 7 - 3 * 3)
+    assert "[1, 512, 4, 4]" in out  # layer4 at 32 px: 4x4, not 1x1

@@ -13,7 +13,9 @@ from typing import NoReturn
 
 from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
-from resnet.model import list_models
+from resnet.model import STEMS, list_models
+
+STEM_HELP = "imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride 1, no max-pool: images of ~32 px)"
 
 
 def positive_int(text: str) -> int:
@@ -38,6 +40,7 @@ def add_summary_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=1)
     p.add_argument("--num-classes", type=positive_int, default=1000)
     p.add_argument("--depth", type=positive_int, default=3, help="table depth (default 3)")
+    p.add_argument("--stem", choices=STEMS, default="imagenet", help=STEM_HELP)
     p.set_defaults(run=run_summary)
 
 
@@ -45,7 +48,7 @@ def run_summary(args: argparse.Namespace) -> int:
     from resnet.summary import summary_table
 
     height, width = (args.image_size * 2)[:2]
-    print(summary_table(args.arch, (args.batch_size, 3, height, width), args.num_classes, args.depth))
+    print(summary_table(args.arch, (args.batch_size, 3, height, width), args.num_classes, args.depth, args.stem))
     return 0
 
 
@@ -53,13 +56,14 @@ def add_list_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("list", help="list the architectures with parameters and GMACs")
     p.add_argument("--image-size", type=positive_int, default=224)
     p.add_argument("--num-classes", type=positive_int, default=1000)
+    p.add_argument("--stem", choices=STEMS, default="imagenet", help=STEM_HELP)
     p.set_defaults(run=run_list)
 
 
 def run_list(args: argparse.Namespace) -> int:
     from resnet.summary import models_table
 
-    print(models_table(args.image_size, args.num_classes))
+    print(models_table(args.image_size, args.num_classes, args.stem))
     return 0
 
 
