@@ -154,8 +154,15 @@ class DataSplits:
 
 
 def load_splits(dataset: str, data_dir: str | None = None, split: str = "tutorial", val_fraction: float = 0.2,
-                seed: int = 0) -> DataSplits:
-    """The train / eval (/ test) sources of a dataset, by name: files listed, none read."""
+                seed: int = 0, labels: str | None = None) -> DataSplits:
+    """The train / eval (/ test) sources of a dataset, by name: files listed, none read. With
+    ``labels``, a label file (``resnet.labelfile``) lists an image folder's files."""
+    if labels is not None:
+        if dataset != "imagefolder":
+            raise ResnetError(f"--labels reads an image folder; it cannot be used with --dataset {dataset}")
+        from resnet.labelfile import label_file_splits  # here: labelfile imports this module
+
+        return label_file_splits(Path(labels), Path(data_dir) if data_dir else Path(labels).parent, val_fraction, seed)
     if dataset == "petals":
         return petals_splits()
     if dataset == "flowers102":
@@ -282,7 +289,8 @@ def files(samples: Samples) -> ImageFiles:
 def split_folders(root: Path) -> dict[str, Path]:
     """DIR's train, validation and test folders by role ("train", "val", "test"), their names
     matched case-insensitively; two folders for one role are an error naming both."""
-    roles = {"train": "train", **{name: "val" for name in VALIDATION_FOLDERS}, **{name: "test" for name in TEST_FOLDERS}}
+    roles = {"train": "train", **{name: "val" for name in VALIDATION_FOLDERS},
+             **{name: "test" for name in TEST_FOLDERS}}
     found: dict[str, Path] = {}
     for entry in sorted(root.iterdir()):
         role = roles.get(entry.name.lower())

@@ -120,7 +120,8 @@ def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir
     split = split or config.split
     if subset not in SUBSETS:
         raise ResnetError(f"unknown subset {subset!r}; choose one of: {', '.join(SUBSETS)}")
-    splits = load_splits(dataset, data_dir, split, config.val_fraction, config.seed)
+    splits = load_splits(dataset, data_dir, split, config.val_fraction, config.seed,
+                         labels=config.labels if same_dataset else None)
     parts = {"eval": [splits.eval], "train": [splits.train], "test": [splits.test] if splits.test else [],
              "all": [s for s in (splits.train, splits.eval, splits.test) if s is not None]}[subset]
     if not parts:

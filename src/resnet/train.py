@@ -289,7 +289,8 @@ class Run:
                               f"{topology.world_size} processes")
         # Read before the data: an unreadable checkpoint is reported before a long decode.
         self.checkpoint = load_resume_checkpoint(run_dir) if resumed else None
-        self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed)
+        self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
+                                  labels=config.labels)
         self.check_batchnorm_can_train()
         self.build_modules()
         self.load_data()
