@@ -83,6 +83,14 @@ def test_eval_matches_a_direct_computation(run, capsys):
     assert result["loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), abs=1e-4)
     per_class = [float((predicted[labels == c] == c).float().mean()) for c in range(3)]
     assert result["mean_class_accuracy"] == pytest.approx(np.mean(per_class))
+    assert result["balanced_accuracy"] == pytest.approx(np.mean(per_class))  # the mean per-class recall
+    f1 = []
+    for c in range(3):
+        hits = int(((predicted == c) & (labels == c)).sum())
+        misses = int(((predicted != c) & (labels == c)).sum())
+        false_alarms = int(((predicted == c) & (labels != c)).sum())
+        f1.append(2 * hits / (2 * hits + misses + false_alarms))
+    assert result["macro_f1"] == pytest.approx(np.mean(f1))
     # The run's own evaluation of the same weights agrees.
     summary = json.loads((run["dir"] / "summary.json").read_text())
     assert result["top1"] == pytest.approx(summary["final_top1"])
@@ -90,7 +98,7 @@ def test_eval_matches_a_direct_computation(run, capsys):
     assert Path(result["confusion_matrix_png"]) == run["dir"] / "confusion_matrix.png"
     assert (run["dir"] / "confusion_matrix.png").stat().st_size > 1000
     rows = (run["dir"] / "per_class.csv").read_text().splitlines()
-    assert rows[0] == "class,images,correct,accuracy"
+    assert rows[0] == "class,images,correct,accuracy,precision,recall,f1"
     assert [row.split(",")[0] for row in rows[1:]] == CLASSES
     assert sum(int(row.split(",")[2]) for row in rows[1:]) == int((predicted == labels).sum())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -216,12 +217,15 @@ def top_k(num_classes: int) -> int:
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-    """Mean cross-entropy, top-1 and top-k accuracy (k = ``top_k``; the key stays ``top5``)."""
+    """Mean cross-entropy, top-1 and top-k accuracy (k = ``top_k``; the key stays ``top5``),
+    macro-F1 and balanced accuracy (``averaged_scores``)."""
     topk = logits.topk(top_k(logits.shape[1]), dim=1).indices
+    confusion = confusion_matrix(topk[:, 0], labels, logits.shape[1])
     return {
         "loss": F.cross_entropy(logits, labels).item(),
         "top1": (topk[:, 0] == labels).float().mean().item(),
         "top5": (topk == labels[:, None]).any(1).float().mean().item(),
+        **averaged_scores(confusion),
     }
 
 
@@ -234,19 +238,49 @@ def confusion_matrix(predictions: torch.Tensor, labels: torch.Tensor, num_classe
     return torch.bincount(flat, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
+def class_scores(confusion: torch.Tensor) -> list[dict[str, float | None]]:
+    """Per class: ``precision`` (of the images predicted as it, the share that are), ``recall``
+    (of its images, the share predicted as it) and ``f1`` (their harmonic mean, 2 TP / (images +
+    predicted)). None where undefined: precision of a class never predicted, recall of a class
+    with no image, F1 of a class with neither. A class with images that is never predicted
+    has recall 0 and F1 0."""
+    scores = []
+    for i in range(confusion.shape[0]):
+        hits, images, predicted = int(confusion[i, i]), int(confusion[i].sum()), int(confusion[:, i].sum())
+        scores.append({"precision": hits / predicted if predicted else None,
+                       "recall": hits / images if images else None,
+                       "f1": 2 * hits / (images + predicted) if images + predicted else None})
+    return scores
+
+
+def averaged_scores(confusion: torch.Tensor) -> dict[str, float]:
+    """``macro_f1`` and ``balanced_accuracy`` (the mean per-class recall), both unweighted means
+    over the classes that have evaluation images. A class absent from the evaluated labels is
+    left out of both (its recall is undefined), as scikit-learn's ``balanced_accuracy_score``
+    does, and its ``f1_score(average="macro", labels=<the classes present>)``: predictions of
+    such a class still count against the recall of the images' own classes. NaN without images."""
+    present = [score for score, images in zip(class_scores(confusion), confusion.sum(1).tolist()) if images]
+    if not present:
+        return {"macro_f1": math.nan, "balanced_accuracy": math.nan}
+    return {"macro_f1": sum(s["f1"] for s in present) / len(present),
+            "balanced_accuracy": sum(s["recall"] for s in present) / len(present)}
+
+
 def per_class_rows(confusion: torch.Tensor, classes: list[str]) -> list[dict[str, Any]]:
+    """One row per class: images, correct, accuracy (its recall, kept under its first name),
+    precision, recall and F1 (``class_scores``)."""
     rows = []
-    for i, name in enumerate(classes):
-        images = int(confusion[i].sum())
-        correct = int(confusion[i, i])
+    for i, (name, scores) in enumerate(zip(classes, class_scores(confusion))):
+        images, correct = int(confusion[i].sum()), int(confusion[i, i])
         rows.append({"class": name, "images": images, "correct": correct,
-                     "accuracy": correct / images if images else None})
+                     "accuracy": correct / images if images else None, **scores})
     return rows
 
 
 def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, device: torch.device | str = "cpu",
              batch_size: int = 64, workers: int | None = None, strict: bool = False) -> dict[str, Any]:
-    """Loss, top-1, top-5, mean per-class accuracy, confusion matrix and per-class rows;
+    """Loss, top-1, top-5, macro-F1, balanced accuracy (also under its older name,
+    ``mean_class_accuracy``), confusion matrix and per-class rows;
     also ``logits`` and ``labels`` per image, in the order of ``source``: the images scored,
     which are the given ones less those that cannot be read (warned of; with ``strict``, an error).
 
@@ -266,18 +300,21 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     metrics = classification_metrics(logits, labels)
     confusion = confusion_matrix(logits.argmax(1), labels, len(classes))
     rows = per_class_rows(confusion, classes)
-    scored = [row["accuracy"] for row in rows if row["accuracy"] is not None]
-    return {**metrics, "mean_class_accuracy": float(np.mean(scored)), "images": len(labels),
+    return {**metrics, "mean_class_accuracy": metrics["balanced_accuracy"], "images": len(labels),
             "confusion": confusion, "per_class": rows, "logits": logits, "labels": labels, "source": source}
+
+
+PER_CLASS_COLUMNS = ("class", "images", "correct", "accuracy", "precision", "recall", "f1")
+SCORE_COLUMNS = ("accuracy", "precision", "recall", "f1")  # shares, written with 6 decimals; empty: undefined
 
 
 def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=("class", "images", "correct", "accuracy"), lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=PER_CLASS_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({**row, "class": printable(row["class"]),
-                         "accuracy": "" if row["accuracy"] is None else f"{row['accuracy']:.6f}"})
+        scores = {key: "" if row[key] is None else f"{row[key]:.6f}" for key in SCORE_COLUMNS}
+        writer.writerow({**row, "class": printable(row["class"]), **scores})
     path.write_text(buffer.getvalue())
 
 
@@ -317,6 +354,7 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
             **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
             "image_size": checkpoint["normalization"]["image_size"], "tta": checkpoint["tta"],
             "loss": result["loss"], "top1": result["top1"], "top5": result["top5"],
+            "macro_f1": result["macro_f1"], "balanced_accuracy": result["balanced_accuracy"],
             "mean_class_accuracy": result["mean_class_accuracy"],
             "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"],
             **failures}
@@ -347,7 +385,8 @@ def format_eval(result: dict[str, Any]) -> str:
         f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes, "
         f"at {result['image_size']} px{', with flip TTA' if result['tta'] else ''}",
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
-        f"mean per-class {100 * result['mean_class_accuracy']:.2f}%",
+        f"balanced accuracy {100 * result['balanced_accuracy']:.2f}% (mean per-class recall)  "
+        f"macro-F1 {100 * result['macro_f1']:.2f}%",
         format_pairs(result["most_confused"]),
         f"wrote {result['confusion_matrix_png']}, {result['per_class_csv']}, "
         f"{result['most_confused_csv']}" + (f" and {result['mistakes_png']}" if "mistakes_png" in result else ""),
