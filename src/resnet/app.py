@@ -3,7 +3,8 @@
 Two tabs. **Classify**: images in, the top-5 classes with probabilities and a Grad-CAM
 overlay out; the probabilities come from ``resnet.predict``'s decoding and ranking (through
 ``resnet.explain.explain_image``), so a file gets exactly what ``resnet predict`` prints.
-**Runs**: each run's config, headline metrics, learning curves (re-read from
+**Runs**: each run's config, headline metrics (top-1, and balanced accuracy and macro-F1 for
+runs that recorded them), learning curves (re-read from
 ``metrics.csv`` every few seconds, so a run still training updates as epochs land),
 and what ``resnet eval`` wrote: confusion matrix, most-confused pairs, per-class table,
 mistakes gallery.
@@ -83,7 +84,19 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 CONFIG_BRIEF = ("dataset", "arch", "weights", "epochs", "image_size", "eval_image_size", "batch_size", "optimizer",
-                "lr", "weight_decay", "label_smoothing", "ema_decay", "tta", "precision", "seed")
+                "lr", "weight_decay", "label_smoothing", "ema_decay", "tta", "balance", "select_metric", "precision",
+                "seed")
+# The scores a run records besides top-1 and top-5 (runs of older versions have none of them).
+CLASS_SCORES = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
+SCORE_NAMES = {"top1": "top-1", **dict(CLASS_SCORES)}
+PER_CLASS_COLUMNS = ["class", "images", "correct", "accuracy", "precision", "recall", "f1"]
+
+
+def class_scores_brief(values: dict[str, Any], prefix: str = "") -> str:
+    """", balanced accuracy X%, macro-F1 Y%" of a summary (``prefix`` "final_") or a metrics row,
+    for the scores it has."""
+    return "".join(f", {name} {100 * values[prefix + key]:.2f}%" for key, name in CLASS_SCORES
+                   if values.get(prefix + key) is not None)
 
 
 def run_brief(run: Path) -> str:
@@ -94,15 +107,18 @@ def run_brief(run: Path) -> str:
     lines = [f"### {run.name}", "", " · ".join(f"**{k}** {config[k]}" for k in CONFIG_BRIEF
                                               if config.get(k) is not None), ""]
     if summary:
-        lines.append(f"final top-1 **{100 * summary['final_top1']:.2f}%**, top-5 {100 * summary['final_top5']:.2f}%, "
-                     f"best top-1 {100 * summary['best_top1']:.2f}% (epoch {summary['best_epoch']}), "
+        chosen = summary.get("select_metric", "top1")  # best.pt's epoch has the best of it
+        lines.append(f"final top-1 **{100 * summary['final_top1']:.2f}%**, top-5 {100 * summary['final_top5']:.2f}%"
+                     f"{class_scores_brief(summary, 'final_')}, best {SCORE_NAMES[chosen]} "
+                     f"{100 * summary['best_' + chosen]:.2f}% (epoch {summary['best_epoch']}), "
                      f"{summary['epochs']} epochs in {summary['seconds'] / 60:.1f} min")
         if "test_top1" in summary:
             lines.append(f"; test top-1 **{100 * summary['test_top1']:.2f}%**")
     elif rows:
         scored = evaluated(rows)
-        score = (f", top-1 {100 * scored[-1]['top1']:.2f}% after epoch {int(scored[-1]['epoch'])}, "
-                 f"eval loss {scored[-1]['eval_loss']:.3f}") if scored else ", not evaluated yet"
+        score = (f", top-1 {100 * scored[-1]['top1']:.2f}% after epoch {int(scored[-1]['epoch'])}"
+                 f"{class_scores_brief(scored[-1])}, eval loss {scored[-1]['eval_loss']:.3f}"
+                 ) if scored else ", not evaluated yet"
         lines.append(f"training: epoch {int(rows[-1]['epoch'])} of {config.get('epochs', '?')}{score}")
     else:
         lines.append("no epoch finished yet")
@@ -151,7 +167,7 @@ def eval_views(run: Path, folder: Path) -> dict[str, Any]:
     def table(name: str) -> list[list[str]] | None:
         try:
             with open(run_dir / name, newline="") as f:
-                return list(csv.reader(f))[1:]
+                return list(csv.reader(f))
         except OSError:
             return None
 
@@ -159,8 +175,11 @@ def eval_views(run: Path, folder: Path) -> dict[str, Any]:
         path = run_dir / name
         return served_copy(path, folder, path.stem) if path.exists() else None
 
+    pairs, per_class = table("most_confused.csv"), table("per_class.csv")
+    # per_class.csv gained precision, recall and f1: its own header says which columns it has.
     return {"confusion": png("confusion_matrix.png"), "mistakes": png("mistakes.png"),
-            "most_confused": table("most_confused.csv"), "per_class": table("per_class.csv")}
+            "most_confused": pairs[1:] if pairs else pairs, "per_class": per_class[1:] if per_class else per_class,
+            "per_class_columns": per_class[0] if per_class else PER_CLASS_COLUMNS}
 
 
 # --- classify ----------------------------------------------------------------------------
@@ -329,7 +348,7 @@ def _runs_tab(gr, demo, runs: list[str], folder: Path) -> None:
         mistakes = gr.Image(label="the most confident mistakes", type="filepath")
     with gr.Row():
         pairs = gr.Dataframe(headers=["true", "predicted", "count"], label="most confused pairs")
-        per_class = gr.Dataframe(headers=["class", "images", "correct", "accuracy"], label="per class")
+        per_class = gr.Dataframe(headers=PER_CLASS_COLUMNS, label="per class")
 
     def live(run_dir):
         return run_brief(Path(run_dir)), curves_png(Path(run_dir), folder)
@@ -339,7 +358,7 @@ def _runs_tab(gr, demo, runs: list[str], folder: Path) -> None:
         missing = "" if views["confusion"] else (f"Run `resnet eval {run_dir}` for the confusion matrix, "
                                                  "most-confused pairs, per-class table and mistakes.")
         return (missing, views["confusion"], views["mistakes"], views["most_confused"] or [],
-                views["per_class"] or [])
+                {"data": views["per_class"] or [], "headers": views["per_class_columns"]})
 
     live_outputs, eval_outputs = [brief, curves], [note, confusion, mistakes, pairs, per_class]
     chosen.change(live, [chosen], live_outputs)
