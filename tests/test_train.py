@@ -324,8 +324,8 @@ def test_a_run_writes_its_outputs(folder, tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["train_images"] + summary["eval_images"] == 18 and summary["num_classes"] == 3
     rows = read_metrics(run_dir)
-    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
-                             "train_size"]
+    assert list(rows[0]) == ["epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy",
+                             "lr", "images_per_s", "seconds", "train_size"]
     assert [int(r["train_size"]) for r in rows] == [32, 32]
     assert [int(r["epoch"]) for r in rows] == [1, 2] == list(range(1, summary["epochs"] + 1))
     assert summary["final_top1"] == pytest.approx(float(rows[-1]["top1"]))

@@ -54,7 +54,8 @@ def evaluated(history: list[dict]) -> list[dict]:
 
 @labels_in_any_script()
 def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
-    """Loss (train and eval) and accuracy (top-1, top-5) per epoch, side by side."""
+    """Loss (train and eval) and the scores (top-1, top-5, balanced accuracy and macro-F1 where
+    recorded) per epoch, side by side."""
     scored = evaluated(history)
     eval_epochs = [row["epoch"] for row in scored]
     marker = "o" if len(scored) < len(history) else None
@@ -64,7 +65,12 @@ def plot_curves(history: list[dict], path: Path, title: str = "") -> None:
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     acc_ax.plot(eval_epochs, [100 * row["top1"] for row in scored], label="top-1", marker=marker)
     acc_ax.plot(eval_epochs, [100 * row["top5"] for row in scored], label="top-5", marker=marker)
-    acc_ax.set(xlabel="epoch", ylabel="eval accuracy (%)", title="accuracy", ylim=(0, 100))
+    for key, label in (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1")):
+        recorded = [row for row in scored if row.get(key) is not None]  # not by older versions
+        if recorded:
+            acc_ax.plot([row["epoch"] for row in recorded], [100 * row[key] for row in recorded], label=label,
+                        marker=marker, linestyle="--")
+    acc_ax.set(xlabel="epoch", ylabel="eval score (%)", title="scores", ylim=(0, 100))
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -20,6 +20,7 @@ import json
 import math
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,8 +62,11 @@ from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
 from resnet.signals import StopSignals, Stopped
 
-METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "images_per_s", "seconds",
-                  "train_size")
+METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
+                  "images_per_s", "seconds", "train_size")
+# How the metrics that --select-metric may name are printed.
+METRIC_NAMES = {"top1": "top-1", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy"}
+IMBALANCE_WARNING = 10  # a largest / smallest class ratio above this is warned of (without --balance)
 
 
 class TrainingDiverged(ResnetError):
@@ -158,12 +162,85 @@ def generator_for(*keys: int) -> torch.Generator:
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: int = 1) -> list[torch.Tensor]:
     """The epoch's global batches: the same seeded permutation on every rank."""
     order = torch.randperm(n, generator=generator_for(seed, epoch, -1))
-    batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    return cut_into_batches(order, batch_size, world_size)
+
+
+def balanced_epoch_batches(labels: torch.Tensor, batch_size: int, seed: int, epoch: int,
+                           world_size: int = 1) -> list[torch.Tensor]:
+    """The epoch's global batches under ``--balance sampler``: as many draws as there are training
+    images, each a class chosen uniformly among those that have images, then one of its images
+    uniformly (with replacement), so every class is equally likely at every draw. The epoch keeps
+    its length, hence its steps and the schedule; like ``epoch_batches`` it is a function of
+    (seed, epoch) alone, the same on every rank and in a resumed run."""
+    generator = generator_for(seed, epoch, -2)
+    counts = torch.bincount(labels)
+    present = counts.nonzero().flatten()
+    by_class = torch.argsort(labels, stable=True)  # each class's images side by side
+    starts = counts.cumsum(0) - counts
+    n = len(labels)
+    classes = present[torch.randint(len(present), (n,), generator=generator)]
+    within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
+    within = torch.minimum(within, counts[classes] - 1)  # a product that rounded up to the count
+    return cut_into_batches(by_class[starts[classes] + within], batch_size, world_size)
+
+
+def cut_into_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     # A final batch too small to give every rank two images is dropped: BatchNorm cannot
     # normalize a single sample.
     if len(batches[-1]) < 2 * world_size:
         batches = batches[:-1] or batches
     return batches
+
+
+# --- class imbalance -------------------------------------------------------------------
+
+
+def labels_tensor(source: Source) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(source.labels, dtype=np.int64))
+
+
+def class_weights(counts: torch.Tensor) -> torch.Tensor:
+    """``--balance loss``: w_c = N / (C n_c) for the C classes with training images (n_c of the
+    N), 0 for a class without. Every class then weighs N / C in an epoch, as in a balanced set,
+    and the mean weight of a training image is 1: the loss keeps its scale, and the lr its meaning."""
+    counts = counts.double()
+    present = counts > 0
+    weights = torch.zeros_like(counts)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights.float()
+
+
+def format_ratio(ratio: float) -> str:
+    return f"{ratio:.1f}".removesuffix(".0")
+
+
+def class_count_line(counts: list[int], balance: str) -> str:
+    """The training split's classes in brief: the smallest and largest class and their ratio."""
+    present = [n for n in counts if n]
+    smallest, largest = min(present), max(present)
+    line = f"classes: {len(counts)}, " + (f"{largest:,} training images each" if smallest == largest else
+                                          f"training images per class {smallest:,} to {largest:,} "
+                                          f"(ratio {format_ratio(largest / smallest)}:1)")
+    if len(present) < len(counts):
+        line += f", {len(counts) - len(present)} without any"
+    if balance == "loss":
+        weights = class_weights(torch.tensor(counts))
+        line += f"; --balance loss: class weights {weights[weights > 0].min():.3g} to {weights.max():.3g}"
+    elif balance == "sampler":
+        line += f"; --balance sampler: each class drawn 1/{len(present)} of the time"
+    return line
+
+
+def imbalance_ratio(counts: list[int]) -> float:
+    present = [n for n in counts if n]
+    return max(present) / min(present)
+
+
+def best_row(history: list[dict], metric: str) -> dict | None:
+    """The evaluated epoch whose weights best.pt holds: the first with the highest ``metric``."""
+    scored = [row for row in evaluated(history) if row.get(metric) is not None]
+    return max(scored, key=lambda row: row[metric], default=None)
 
 
 # --- one training step (shared with ``resnet bench``) -----------------------------------
@@ -181,6 +258,7 @@ class TrainStep:
     memory_format: torch.memory_format = torch.contiguous_format
     label_smoothing: float = 0.0
     scaler: torch.amp.GradScaler | None = field(default=None)
+    class_weights: torch.Tensor | None = None  # per class, on the device (--balance loss)
 
     def __post_init__(self) -> None:
         if self.scaler is None:
@@ -190,12 +268,22 @@ class TrainStep:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
         with autocast(self.device, self.dtype):
-            loss = F.cross_entropy(self.model(images), labels, label_smoothing=self.label_smoothing)
+            loss = self.loss(self.model(images), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return loss.detach()
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.class_weights is None:
+            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        # Each image's loss (its label smoothing included) times its class's weight, averaged over
+        # the batch. Not cross_entropy's weight=: its mean divides by the batch's sum of weights,
+        # so a batch of one class would weigh what any other does; and under DDP each process's
+        # mean over its equal share keeps the average of the gradients the whole batch's.
+        losses = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
+        return (losses * self.class_weights[labels]).mean()
 
 
 # --- run files -------------------------------------------------------------------------
@@ -255,6 +343,20 @@ class Interrupted(Exception):
                    stopped.signum)
 
 
+def done_line(summary: dict[str, Any]) -> str:
+    """The last line of a run: its final scores, best.pt's (chosen by ``select_metric``), the test's."""
+    metric = summary["select_metric"]
+    test = f", test top-1 {100 * summary['test_top1']:.2f}%" if "test_top1" in summary else ""
+    return (f"done: final top-1 {percent(summary['final_top1'])}, balanced accuracy "
+            f"{percent(summary['final_balanced_accuracy'])}, macro-F1 {percent(summary['final_macro_f1'])} "
+            f"(best {METRIC_NAMES[metric]} {percent(summary['best_' + metric])} at epoch {summary['best_epoch']})"
+            f"{test}")
+
+
+def percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.2f}%"
+
+
 # --- the run ----------------------------------------------------------------------------
 
 
@@ -291,6 +393,7 @@ class Run:
         self.checkpoint = load_resume_checkpoint(run_dir) if resumed else None
         self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
                                   labels=config.labels)
+        self.train_labels = labels_tensor(self.splits.train)
         self.check_batchnorm_can_train()
         self.build_modules()
         self.load_data()
@@ -339,6 +442,11 @@ class Run:
         data = load_run_data(self.splits, self.config, self.topology, check_stop=self.stop.check)
         self.stop.check()  # a request made where it could not raise, with nothing left to decode
         self.splits, self.eval_data = data.splits, data.eval
+        self.train_labels = labels_tensor(self.splits.train)  # less the unreadable files
+        self.class_counts = torch.bincount(self.train_labels, minlength=len(self.splits.classes))
+        self.class_weights = None
+        if self.config.balance == "loss":
+            self.class_weights = class_weights(self.class_counts).to(self.device)
         self.fast_batches = FastTrainBatches(data.train, self.config, self.device) if data.train is not None else None
         self.check_batchnorm_can_train()  # again: unreadable files may have left fewer images
         self.steps_per_epoch = len(self.epoch_batches(0))
@@ -368,7 +476,7 @@ class Run:
             train_model = torch.compile(train_model)
         self.train_model = train_model
         self.step = TrainStep(train_model, self.optimizer, self.device, self.dtype, self.memory_format,
-                              self.config.label_smoothing, self.scaler)
+                              self.config.label_smoothing, self.scaler, self.class_weights)
         eval_model: nn.Module = self.ema.module if self.ema is not None else self.model
         self.eval_model = FlipTTA(eval_model) if self.config.tta else eval_model
 
@@ -386,8 +494,10 @@ class Run:
         return self.finish()
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        return epoch_batches(len(self.splits.train), self.config.batch_size, self.config.seed, epoch,
-                             self.topology.world_size)
+        config, world_size = self.config, self.topology.world_size
+        if config.balance == "sampler":
+            return balanced_epoch_batches(self.train_labels, config.batch_size, config.seed, epoch, world_size)
+        return epoch_batches(len(self.splits.train), config.batch_size, config.seed, epoch, world_size)
 
     def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -468,7 +578,8 @@ class Run:
                 "images_per_s": (totals[1].item() - images_at_start * world_size) / seconds}
 
     def validate(self, source: Source, data: DecodedImages | None) -> dict[str, float]:
-        """Loss, top-1 and top-k of the evaluated model (EMA, flip TTA) over all ranks' shares."""
+        """Loss (unweighted, whatever --balance), top-1, top-k, macro-F1 and balanced accuracy of the
+        evaluated model (EMA, flip TTA) over all ranks' shares."""
         batch = max(1, self.config.batch_size // self.topology.world_size)
         if data is not None:
             batches = decoded_eval_batches(data, batch, self.device, self.topology)
@@ -486,12 +597,13 @@ class Run:
                "images_per_s": trained["images_per_s"], "seconds": time.perf_counter() - self.epoch_start,
                "train_size": self.config.image_size_at(state.epoch)}
         if metrics is not None:
-            row.update(eval_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"])
+            row.update(eval_loss=metrics["loss"], top1=metrics["top1"], top5=metrics["top5"],
+                       macro_f1=metrics["macro_f1"], balanced_accuracy=metrics["balanced_accuracy"])
         state.history.append(row)
         state.epoch, state.step, state.loss_sum, state.images_seen = state.epoch + 1, 0, 0.0, 0
-        if metrics is not None and row["top1"] > state.best_top1:
+        if metrics is not None and best_row(state.history, self.config.select_metric) is row:
             # best.pt first: last.pt, which resumes the run, then never records a best
-            # score whose weights were not written.
+            # score whose weights were not written. best_top1 is best.pt's top-1.
             state.best_top1 = row["top1"]
             self.save_checkpoint("best.pt")
         self.save_checkpoint("last.pt")
@@ -505,7 +617,8 @@ class Run:
         if "top1" in row:
             k = top_k(len(self.splits.classes))
             line += (f"eval loss {row['eval_loss']:.4f}  top-1 {100 * row['top1']:5.2f}%  "
-                     f"top-{k} {100 * row['top5']:5.2f}%  ")
+                     f"top-{k} {100 * row['top5']:5.2f}%  balanced {100 * row['balanced_accuracy']:5.2f}%  "
+                     f"macro-F1 {100 * row['macro_f1']:5.2f}%  ")
         return line + (f"lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s  "
                        f"{row['train_size']} px")
 
@@ -518,13 +631,14 @@ class Run:
             summary.update(self.score_test())
         if self.main:
             write_json(self.run_dir / "summary.json", summary)
-            test = f", test top-1 {100 * summary['test_top1']:.2f}%" if "test_top1" in summary else ""
-            self.log(f"done: final top-1 {100 * summary['final_top1']:.2f}% (best {100 * summary['best_top1']:.2f}% "
-                     f"at epoch {summary['best_epoch']}){test}; outputs in {self.run_dir}")
+            self.log(f"{done_line(summary)}; outputs in {self.run_dir}")
         return summary
 
     def summary(self) -> dict[str, Any]:
+        """The run in brief. ``best_*``: the scores of the epoch best.pt holds, the one with the
+        best ``select_metric``; ``final_*``: the last epoch's."""
         config, splits, history = self.config, self.splits, self.state.history
+        best = best_row(history, config.select_metric)
         return {
             "run_dir": str(self.run_dir),
             "arch": config.arch,
@@ -537,8 +651,15 @@ class Run:
             "epochs": len(history),
             "final_top1": history[-1]["top1"],
             "final_top5": history[-1]["top5"],
-            "best_top1": self.state.best_top1,
-            "best_epoch": max(evaluated(history), key=lambda row: row["top1"])["epoch"],
+            # None: an epoch evaluated before these metrics were (a finished run of an older
+            # version, resumed without more epochs)
+            "final_macro_f1": history[-1].get("macro_f1"),
+            "final_balanced_accuracy": history[-1].get("balanced_accuracy"),
+            "select_metric": config.select_metric,
+            "best_epoch": best["epoch"],
+            "best_top1": best["top1"],
+            "best_macro_f1": best.get("macro_f1"),
+            "best_balanced_accuracy": best.get("balanced_accuracy"),
             "seconds": sum(row["seconds"] for row in history),
             "seconds_this_session": time.perf_counter() - self.started,
             "skipped_files": splits.skipped,
@@ -557,7 +678,8 @@ class Run:
         decoded = decode_for_run(self.splits.test, size, self.config, self.topology, check_stop=self.stop.check)
         [(test_source, test_data)], _ = readable_parts([(self.splits.test, decoded)], self.config.strict)
         test = self.validate(test_source, test_data if fast else None)
-        return {"test_images": len(test_source), "test_top1": test["top1"], "test_top5": test["top5"]}
+        return {"test_images": len(test_source), "test_top1": test["top1"], "test_top5": test["top5"],
+                "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test["balanced_accuracy"]}
 
     # --- helpers ---
 
@@ -582,3 +704,9 @@ class Run:
         self.log(f"run {self.run_dir}: {config.arch} on {config.dataset} ({len(splits.train)} training / "
                  f"{len(splits.eval)} evaluation images ('{splits.eval_name}'), {len(splits.classes)} classes), "
                  f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline")
+        counts = self.class_counts.tolist()
+        self.log(class_count_line(counts, config.balance))
+        if self.main and config.balance == "none" and imbalance_ratio(counts) > IMBALANCE_WARNING:
+            warnings.warn(f"the classes are imbalanced ({format_ratio(imbalance_ratio(counts))}:1 between the "
+                          "largest and the smallest): consider --balance loss or --balance sampler, and "
+                          "--select-metric balanced_accuracy or macro_f1", stacklevel=2)
