@@ -324,6 +324,59 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
+    from resnet.check import ASPECT_LIMIT, BOTH_MAX, PHASH_MAX
+
+    p = subparsers.add_parser(
+        "check", help="a dataset's health report: duplicates, leaks between splits, unreadable files",
+        description="Read every image of a dataset once, in parallel, and report: class counts per split, "
+                    "unreadable files, exact duplicates (same bytes), near duplicates (the same photo resized, "
+                    "re-compressed or slightly cropped: imagehash's pHash, confirmed by dHash when it is not "
+                    "close on its own), leaks (a duplicate in two splits, or under two classes), images "
+                    f"smaller than the training size, odd modes and aspect ratios beyond {ASPECT_LIMIT:g}:1. "
+                    "Exit status 1 when there is a leak or an unreadable file, 0 when there is none, 2 for "
+                    "bad input. What each file gave is kept in the decode cache's folder (RESNET_CACHE), so "
+                    'a second check reads only new and changed files. Needs pip install "resnet-lab[check]".')
+    p.add_argument("data_dir", metavar="DIR", help="the data folder (as train's --data-dir)")
+    p.add_argument("--dataset", choices=CHOICES["dataset"], default="imagefolder",
+                   help="default imagefolder; flowers102 checks its train, val and test splits")
+    p.add_argument("--labels", default=None, metavar="FILE", help="a label file for the image folder")
+    p.add_argument("--val-fraction", type=float, default=None, metavar="FRACTION",
+                   help="for DIR/<class>/...: the held-out share, as train's (default: train's default)")
+    p.add_argument("--seed", type=int, default=None, help="the seed of that split (default: train's default)")
+    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
+                   help="report images whose shorter side is below this (default: the dataset's training size)")
+    p.add_argument("--phash-distance", type=nonnegative_int, default=PHASH_MAX, metavar="BITS",
+                   help=f"near when pHashes differ in at most this many of 64 bits (default {PHASH_MAX})")
+    p.add_argument("--both-distance", type=nonnegative_int, default=BOTH_MAX, metavar="BITS",
+                   help=f"or when pHashes and dHashes each differ in at most this many (default {BOTH_MAX})")
+    p.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                   help="reading processes (default: one per CPU this process may use)")
+    p.add_argument("--json", action="store_true", help="print the whole report as one JSON object")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="also write DIR/report.json and DIR/index.html, thumbnails of every duplicate and leak")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_check)
+
+
+def run_check(args: argparse.Namespace) -> int:
+    import json
+
+    from resnet.check import CheckOptions, check_dataset, exit_status, format_report
+    from resnet.signals import Stopped, StopSignals
+
+    options = CheckOptions(args.dataset, args.data_dir, args.labels, args.val_fraction, args.seed, args.image_size,
+                           args.phash_distance, args.both_distance, args.workers, not args.quiet, args.out)
+    try:
+        with StopSignals():
+            report = check_dataset(options)
+    except Stopped as stopped:
+        print(f"resnet check: stopped by {stopped.name}", file=sys.stderr)
+        return stopped.exit_status
+    print(json.dumps(report) if args.json else format_report(report))
+    return exit_status(report)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, with a usage error as one line that says where the full usage is."""
 
@@ -338,7 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
-                add_list_parser, add_summary_parser, add_bench_parser, add_explain_parser, add_serve_parser):
+                add_list_parser, add_summary_parser, add_bench_parser, add_explain_parser, add_serve_parser,
+                add_check_parser):
         add(subparsers)
     return parser
 
