@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -209,3 +210,14 @@ def test_a_second_check_reads_only_new_changed_and_unreadable_files(planted, mon
     third = json.loads(run_check(capsys, str(planted), "--json", "--workers", "1")[1])
     assert sorted(Path(p).name for p in read) == ["1.png", "truncated.jpg"]
     assert {"train/cat/0.png", "val/cat/1.png"} <= group_paths(third["duplicates"], planted)[0]
+
+
+def die(path: str) -> None:
+    os._exit(9)  # as the OOM killer would end a worker
+
+
+def test_a_worker_that_dies_ends_the_check_in_one_line(tmp_path, monkeypatch, capsys):
+    root = photo_folder(tmp_path / "data", {"train": 2, "val": 1})
+    monkeypatch.setattr(check, "inspect_file", die)
+    assert main(["check", str(root), "--workers", "2", "--quiet"]) == 2
+    assert "a worker process of the check died" in capsys.readouterr().err

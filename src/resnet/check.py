@@ -34,9 +34,10 @@ import sys
 import time
 import warnings
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from multiprocessing import Pool
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -220,10 +221,25 @@ def require_imagehash() -> None:
 
 
 def ignore_interrupt() -> None:
-    """A pool worker's start: Ctrl-C reaches the whole process group and is the main process's
-    to act on. SIGTERM keeps its default, since ``Pool.terminate`` stops the workers with it."""
+    """A worker's start: Ctrl-C reaches the whole process group and is the main process's to
+    act on; the workers finish the files they hold and leave."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def in_processes(function: Callable, items: Iterable, workers: int, chunksize: int = 1,
+                 initializer: Callable | None = None, initargs: tuple = ()) -> Iterator:
+    """``map(function, items)`` in ``workers`` processes, in order. A worker that dies (the OOM
+    killer, a crash inside a decoder) ends the check in one line: a ``multiprocessing.Pool``
+    would wait forever for the task it lost."""
+    executor = ProcessPoolExecutor(workers, initializer=initializer, initargs=initargs)
+    try:
+        yield from executor.map(function, items, chunksize=chunksize)
+    except BrokenProcessPool:
+        raise ResnetError("a worker process of the check died (killed for lack of memory?); "
+                          "try again with fewer --workers") from None
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 def inspect_all(paths: Sequence[str], workers: int, progress: bool) -> list[Facts]:
@@ -240,10 +256,9 @@ def inspect_all(paths: Sequence[str], workers: int, progress: bool) -> list[Fact
                 bar.update()
             return facts
         chunk = max(1, min(64, len(paths) // (workers * 16)))
-        with Pool(workers, initializer=ignore_interrupt) as pool:
-            for fact in pool.imap(inspect_file, paths, chunksize=chunk):
-                facts.append(fact)
-                bar.update()
+        for fact in in_processes(inspect_file, paths, workers, chunk, initializer=ignore_interrupt):
+            facts.append(fact)
+            bar.update()
         return facts
     finally:
         bar.close()
@@ -369,8 +384,8 @@ def near_pairs(phashes: np.ndarray, dhashes: np.ndarray, phash_max: int, both_ma
         finally:
             share_hashes(None, None, 0, 0)
     else:
-        with Pool(workers, initializer=start_pair_worker, initargs=(phashes, dhashes, *limits)) as pool:
-            found = list(pool.imap_unordered(pairs_in_rows, blocks))
+        found = list(in_processes(pairs_in_rows, blocks, workers, initializer=start_pair_worker,
+                                  initargs=(phashes, dhashes, *limits)))
     return np.concatenate([np.zeros((0, 3), np.int64), *found])
 
 
