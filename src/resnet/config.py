@@ -16,7 +16,7 @@ from typing import Any
 
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
-from resnet.model import list_models
+from resnet.model import STEMS, list_models
 
 
 def option(default: Any, help: str) -> Any:
@@ -39,6 +39,8 @@ class TrainConfig:
     strict: bool = option(False, "an unreadable image is an error instead of a warning")
     # model
     arch: str = option("resnet18", "the architecture (resnet list)")
+    stem: str = option("imagenet", "imagenet (7x7 stride-2 convolution and max-pool) | small (3x3 stride 1, no "
+                                   "max-pool: for images of about 32 px, as CIFAR ResNets)")
     zero_init_residual: bool = option(True, "start each residual branch's last BatchNorm at zero")
     weights: str | None = option(None, "initial weights: imagenet, or a checkpoint / state_dict file")
     freeze_backbone: bool = option(False, "train the classifier only: a linear probe")
@@ -220,14 +222,44 @@ DATASET_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def resolve_config(overrides: dict[str, Any]) -> TrainConfig:
-    """Defaults < dataset preset < recipe < explicit overrides (None means 'not given')."""
+# Images no larger than this on the shorter side (CIFAR's 32 px, Tiny ImageNet's 64) get the
+# small-image defaults when a run names no size or stem: the ImageNet stem would leave layer4
+# a 1x1 map at 32 px, and the imagefolder preset's 224 px would upscale them 7 times.
+SMALL_IMAGE_SIDE = 64
+# The options that choose a run's image size or stem: any of them given keeps the defaults off.
+SIZE_OPTIONS = ("image_size", "eval_image_size", "cache_size", "min_image_size", "stem", "recipe")
+
+# A first recipe for small images, not yet measured to a target: the images' own size, the
+# small-image stem, one size throughout (no progressive resizing), crops and flips without
+# rotation or colour jitter, and SGD at the usual CIFAR rate for batch 128.
+SMALL_IMAGE_RECIPE: dict[str, Any] = dict(stem="small", min_image_size=None, rotation=0.0, color_jitter=0.0,
+                                          min_scale=0.35, batch_size=128, lr=0.1, epochs=30)
+
+
+def wants_image_defaults(overrides: dict[str, Any]) -> bool:
+    """Whether a fresh run's options leave its image size and stem to the images themselves."""
+    given = {k for k, v in overrides.items() if v is not None}
+    dataset = overrides.get("dataset") or ("imagefolder" if overrides.get("labels") else TrainConfig.dataset)
+    return dataset == "imagefolder" and not given & set(SIZE_OPTIONS)
+
+
+def small_image_preset(side: int) -> dict[str, Any]:
+    size = max(32, side)  # smaller images are upscaled to the smallest size the checks allow
+    return {**SMALL_IMAGE_RECIPE, "image_size": size, "eval_image_size": size, "cache_size": size}
+
+
+def resolve_config(overrides: dict[str, Any], image_side: int | None = None) -> TrainConfig:
+    """Defaults < dataset preset < the small-image preset < recipe < explicit overrides (None
+    means 'not given'). ``image_side``: the images' typical shorter side, when the caller looked
+    (``wants_image_defaults``); at most ``SMALL_IMAGE_SIDE`` it selects the small-image preset."""
     given = current_names({k: v for k, v in overrides.items() if v is not None})
     recipe = given.get("recipe", "default")
     if recipe not in RECIPES:
         raise ResnetError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
     dataset = given.get("dataset", "imagefolder" if given.get("labels") else TrainConfig.dataset)
     preset = dict(DATASET_PRESETS.get(dataset, {}))
+    if image_side is not None and image_side <= SMALL_IMAGE_SIDE and wants_image_defaults(overrides):
+        preset.update(small_image_preset(image_side))
     if "image_size" in given and "eval_image_size" not in given:
         # A preset's evaluation size suits the preset's training size; another training
         # size evaluates at its own FixRes size, as the help says.
@@ -259,7 +291,7 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     dataset=("petals", "flowers102", "imagefolder"), split=("tutorial", "official"), recipe=tuple(RECIPES),
     precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
     pipeline=("fast", "classic"), schedule=("cosine", "constant"), optimizer=("sgd", "adamw"),
-    balance=("none", "loss", "sampler"), select_metric=("top1", "macro_f1", "balanced_accuracy"),
+    stem=STEMS, balance=("none", "loss", "sampler"), select_metric=("top1", "macro_f1", "balanced_accuracy"),
 )
 
 

@@ -370,6 +370,61 @@ def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samp
     return train, held_out
 
 
+# --- the images' size, from a sample -------------------------------------------------------
+
+
+def sample_image_files(data_dir: str | os.PathLike, labels: str | os.PathLike | None = None,
+                       count: int = 32) -> list[Path]:
+    """A few training images of an image folder, found without listing it: the first image of
+    each of up to ``count`` class folders (of DIR/train when there is one), or the files of a
+    label file's first ``count`` rows. Empty when the folder or file is not what a run reads:
+    the run itself then says why, in its own words."""
+    try:
+        if labels is not None:
+            return first_labelled_files(Path(labels), Path(data_dir), count)
+        root = Path(data_dir)
+        root = split_folders(root).get("train", root)
+        with os.scandir(root) as entries:
+            classes = sorted(e.path for e in entries if e.is_dir() and not e.name.startswith("."))
+        return [path for folder in classes[:count] for path in first_image_in(Path(folder))]
+    except (OSError, ResnetError, UnicodeDecodeError):
+        return []
+
+
+def first_image_in(folder: Path) -> list[Path]:
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
+                return [Path(entry.path)]
+    return []
+
+
+def first_labelled_files(labels: Path, data_dir: Path, count: int) -> list[Path]:
+    from resnet.labelfile import find_columns, read_table
+
+    header, records = read_table(labels)
+    column = find_columns(labels, header).path
+    found = []
+    for _, values in records[:count]:
+        path = data_dir / values[column] if column < len(values) else None
+        candidates = [path] + [Path(f"{path}{ext}") for ext in IMAGE_EXTENSIONS] if path else []
+        found += [candidate for candidate in candidates if candidate.is_file()][:1]
+    return found
+
+
+def typical_shorter_side(paths: Sequence[Path]) -> int | None:
+    """The median shorter side of the images, read from their headers (no pixel is decoded);
+    None when none of them opens."""
+    sides = []
+    for path in paths:
+        try:
+            with open_image(path) as image:
+                sides.append(min(image.size))
+        except (OSError, ResnetError, ValueError, Image.DecompressionBombError):
+            continue
+    return int(np.median(sides)) if sides else None
+
+
 # --- decoding one image, and where decoded images are kept -------------------------
 
 

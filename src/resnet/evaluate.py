@@ -30,7 +30,7 @@ from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, classic_loade
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.hardware import autocast, select_device
-from resnet.model import FlipTTA, get_model, list_models
+from resnet.model import STEMS, FlipTTA, get_model, list_models
 from resnet.weights import check_state_fits, strip_wrapper_prefixes
 
 SUBSETS = ("eval", "test", "train", "all")
@@ -72,12 +72,15 @@ def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None)
     if not isinstance(state, dict):
         raise ResnetError(f"{file}: the {'ema' if use_ema else 'model'} entry is not a state_dict")
 
-    model = get_model(arch, num_classes=len(classes))
+    config = TrainConfig.from_dict(checkpoint.get("config") or {})
+    if config.stem not in STEMS:
+        raise ResnetError(f"{file} names an unknown stem {config.stem!r} (known: {', '.join(STEMS)})")
+    model = get_model(arch, num_classes=len(classes), stem=config.stem)
     state = strip_wrapper_prefixes(state)
     check_state_fits(state, model.state_dict(), f"{file} ({'ema' if use_ema else 'model'} weights)", arch)
     model.load_state_dict(state)
     if tta is None:
-        tta = TrainConfig.from_dict(checkpoint.get("config") or {}).tta
+        tta = config.tta
     if tta:
         model = FlipTTA(model)
     model.eval()

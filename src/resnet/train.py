@@ -79,7 +79,8 @@ class TrainingDiverged(ResnetError):
 def build_model(config: TrainConfig, num_classes: int) -> ResNet:
     from resnet.weights import load_pretrained
 
-    model = get_model(config.arch, num_classes=num_classes, zero_init_residual=config.zero_init_residual)
+    model = get_model(config.arch, num_classes=num_classes, zero_init_residual=config.zero_init_residual,
+                      stem=config.stem)
     if config.weights:
         load_pretrained(model, config.weights, config.arch)
     if config.freeze_backbone:

@@ -58,8 +58,10 @@ def check_state_fits(state: dict[str, Any], own: dict[str, torch.Tensor], what: 
         if not isinstance(value, torch.Tensor):
             raise ResnetError(f"{what}: entry {key!r} is not a tensor")
         if value.shape != own[key].shape:
+            hint = ("weights made for the other --stem?" if key == "conv1.weight"
+                    else "a checkpoint of another architecture?")
             raise ResnetError(f"{what} do not fit {arch}: tensor {key!r} has shape {tuple(value.shape)}, "
-                              f"the model expects {tuple(own[key].shape)} (a checkpoint of another architecture?)")
+                              f"the model expects {tuple(own[key].shape)} ({hint})")
 
 
 def load_pretrained(model: nn.Module, spec: str, arch: str) -> list[str]:

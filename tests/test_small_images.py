@@ -1,0 +1,115 @@
+"""Small images: a run with the small-image stem, used by every command that reads its checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_image_folder
+from resnet.cli import main
+from resnet.errors import ResnetError
+from resnet.evaluate import load_model_from_checkpoint
+
+CLASSES = ["ant", "bee"]
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("small-stem")
+    data = make_image_folder(root / "data" / "train", CLASSES, per_class=4, size=(32, 32)).parent
+    make_image_folder(data / "test", CLASSES, per_class=2, size=(32, 32), seed=1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RESNET_CACHE", str(root / "cache"))
+        code = main(["train", "--dataset", "imagefolder", "--data-dir", str(data), "--stem", "small", "--epochs", "1",
+                     "--image-size", "32", "--eval-image-size", "32", "--batch-size", "4", "--out",
+                     str(root / "run"), "--quiet", "--workers", "0", "--precision", "fp32"])
+    assert code == 0
+    return {"root": root, "data": data, "run": root / "run"}
+
+
+def test_the_stem_is_saved_and_rebuilt_from_the_checkpoint(small_run):
+    assert json.loads((small_run["run"] / "config.json").read_text())["stem"] == "small"
+    model, checkpoint = load_model_from_checkpoint(small_run["run"])
+    assert checkpoint["model"]["conv1.weight"].shape == (64, 3, 3, 3)
+    network = getattr(model, "model", model)  # inside FlipTTA when the run evaluated with it
+    assert network.forward_features(torch.zeros(1, 3, 32, 32)).shape == (1, 512, 4, 4)
+
+
+def test_eval_predict_and_export_read_a_small_stem_checkpoint(small_run, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run = str(small_run["run"])
+    assert main(["eval", run, "--json", "--workers", "0", "--out", str(tmp_path / "eval")]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 4
+    image = next((small_run["data"] / "test" / "bee").iterdir())
+    assert main(["predict", run, str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["failed"] == 0
+    assert main(["export", run, "--out", str(tmp_path / "model.onnx")]) == 0
+    difference = float(capsys.readouterr().out.split("max |onnx - pytorch| = ")[1].split()[0])
+    assert difference < 1e-3
+
+
+def test_an_old_checkpoint_without_a_stem_loads_as_imagenet(small_run, tmp_path):
+    checkpoint = torch.load(small_run["run"] / "best.pt", weights_only=False)
+    del checkpoint["config"]["stem"]
+    checkpoint["model"]["conv1.weight"] = torch.zeros(64, 3, 7, 7)
+    torch.save(checkpoint, tmp_path / "old.pt")
+    model, _ = load_model_from_checkpoint(tmp_path / "old.pt")
+    assert getattr(model, "model", model).conv1.kernel_size == (7, 7)
+
+
+def test_weights_of_the_other_stem_are_named_as_such(small_run, tmp_path):
+    checkpoint = torch.load(small_run["run"] / "best.pt", weights_only=False)
+    checkpoint["config"]["stem"] = "imagenet"
+    torch.save(checkpoint, tmp_path / "mixed.pt")
+    with pytest.raises(ResnetError, match="other --stem"):
+        load_model_from_checkpoint(tmp_path / "mixed.pt")
+
+
+# --- defaults that fit the images --------------------------------------------------------------
+
+
+def resolved(data, *options):
+    from resnet.cli import images_side
+    from resnet.config import resolve_config
+
+    overrides = {"dataset": "imagefolder", "data_dir": str(data), **dict(options)}
+    return resolve_config(overrides, images_side(overrides))
+
+
+def test_small_images_get_the_small_image_defaults_and_say_so(small_run, tmp_path, capsys):
+    code = main(["train", "--dataset", "imagefolder", "--data-dir", str(small_run["data"]), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--quiet", "--workers", "0", "--precision", "fp32"])
+    assert code == 0
+    assert "images of about 32 px" in capsys.readouterr().out
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (config["stem"], config["image_size"], config["eval_image_size"], config["min_image_size"]) == \
+        ("small", 32, 32, None)
+    assert config["epochs"] == 1  # an option given still wins over the small-image recipe
+
+
+def test_large_images_keep_the_imagenet_defaults(tmp_path):
+    data = make_image_folder(tmp_path / "large", CLASSES, per_class=2, size=(200, 240))
+    config = resolved(data)
+    assert (config.stem, config.image_size) == ("imagenet", 224)
+
+
+def test_an_explicit_size_or_stem_wins(small_run):
+    config = resolved(small_run["data"], ("image_size", 64))
+    assert (config.stem, config.image_size) == ("imagenet", 64)
+    config = resolved(small_run["data"], ("stem", "imagenet"))
+    assert (config.stem, config.image_size) == ("imagenet", 224)
+    config = resolved(small_run["data"], ("stem", "small"))
+    assert (config.stem, config.image_size) == ("small", 224)
+
+
+def test_a_label_files_images_are_sampled_too(small_run, tmp_path):
+    from resnet.data import sample_image_files, typical_shorter_side
+
+    rows = [f"{path.relative_to(small_run['data']).with_suffix('')},{path.parent.name}"
+            for path in sorted((small_run["data"] / "train").rglob("*.png"))]
+    labels = tmp_path / "labels.csv"
+    labels.write_text("id,label\n" + "\n".join(rows) + "\n")
+    sample = sample_image_files(small_run["data"], labels)
+    assert len(sample) == len(rows) and typical_shorter_side(sample) == 32
