@@ -1,6 +1,6 @@
 """CIFAR-10-LT: ``resnet train --balance none``, ``loss`` and ``sampler`` at the same budget.
 
-    python benchmarks/cifar10_lt.py                       # three runs of 30 epochs (the lead's machine)
+    python benchmarks/cifar10_lt.py                       # three runs of 30 epochs
     python benchmarks/cifar10_lt.py --epochs 60 --seeds 0 1 --extra-args "--image-size 32 --lr 0.05"
     python benchmarks/cifar10_lt.py --quick               # 100 head images, 1 epoch: to try the script
 
@@ -157,21 +157,11 @@ def version(distribution: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    output = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
-    return next((line.split(":", 1)[1].strip() for line in output.splitlines() if line.startswith("Model name")),
-                "unknown")
-
-
 def machine() -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    from resnet.bench import cpu_model
+
     return {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)), "torch": version("torch"),
             "torchvision": version("torchvision"), "resnet_lab": version("resnet-lab"),
             "python": sys.version.split()[0], "load_average": list(os.getloadavg()), "git_commit": commit.strip()}
