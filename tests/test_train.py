@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from conftest import make_image_folder
-from resnet import augment, train as train_module
+from resnet import augment, optim, sampling, train as train_module
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.cli import main
 from resnet.config import TrainConfig, resolve_config
@@ -697,7 +697,7 @@ def test_truncated_checkpoint_message_is_a_whole_sentence(tmp_path):
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
     config = resolve_config({"lr": 0.1, "warmup_epochs": 1, "epochs": 11})
-    lrs = [train_module.learning_rate(config, step, 10) for step in range(110)]
+    lrs = [optim.learning_rate(config, step, 10) for step in range(110)]
     assert lrs[9] == pytest.approx(0.1) and lrs[0] == pytest.approx(0.01)
     assert lrs[60] == pytest.approx(0.05, rel=0.02)
     assert lrs[-1] < 0.001 and all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
@@ -707,7 +707,7 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
 def test_optimizer_choice_keeps_the_decay_groups(name, kind):
     config = resolve_config({"optimizer": name, "lr": 0.003, "weight_decay": 0.05})
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
-    optimizer = train_module.build_optimizer(config, model)
+    optimizer = optim.build_optimizer(config, model)
     assert type(optimizer) is kind
     assert sorted(g["weight_decay"] for g in optimizer.param_groups) == [0.0, 0.05]
     assert all(g["lr"] == 0.003 for g in optimizer.param_groups)
@@ -721,9 +721,9 @@ def test_fused_optimizer_updates_as_the_per_tensor_loop_does(name, monkeypatch):
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
                                 torch.nn.Linear(4 * 6 * 6, 2))
     loop_model = copy.deepcopy(model)
-    fused = train_module.build_optimizer(config, model)
-    monkeypatch.setattr(train_module, "has_fused_optimizer", lambda device: False)
-    loop = train_module.build_optimizer(config, loop_model)
+    fused = optim.build_optimizer(config, model)
+    monkeypatch.setattr(optim, "has_fused_optimizer", lambda device: False)
+    loop = optim.build_optimizer(config, loop_model)
     assert fused.defaults["fused"] and not loop.defaults["fused"]
     x = torch.randn(5, 3, 8, 8)
     for _ in range(3):
@@ -737,7 +737,7 @@ def test_fused_optimizer_updates_as_the_per_tensor_loop_does(name, monkeypatch):
 
 def test_weight_decay_skips_norms_and_biases():
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2))
-    decay, no_decay = train_module.parameter_groups(model, 5e-4)
+    decay, no_decay = optim.parameter_groups(model, 5e-4)
     assert {p.ndim for p in decay["params"]} == {4, 2} and no_decay["weight_decay"] == 0
     assert len(no_decay["params"]) == 4  # BN weight and bias, the two biases
     assert not decay["head"] and not no_decay["head"]
@@ -746,16 +746,16 @@ def test_weight_decay_skips_norms_and_biases():
 def test_epoch_batches_shard_the_permutation_disjointly():
     from resnet.distributed import Topology, shard
 
-    whole = train_module.epoch_batches(50, 8, seed=0, epoch=3)
+    whole = sampling.epoch_batches(50, 8, seed=0, epoch=3)
     assert [len(b) for b in whole] == [8] * 6 + [2]
     # The final 2 images cannot give two ranks a pair each (BatchNorm needs two), so two ranks drop them.
-    two = train_module.epoch_batches(50, 8, seed=0, epoch=3, world_size=2)
+    two = sampling.epoch_batches(50, 8, seed=0, epoch=3, world_size=2)
     assert [torch.equal(a, b) for a, b in zip(whole, two)] == [True] * 6 and len(two) == 6
     for batch in two:
         halves = [shard(batch, Topology(r, 2)) for r in (0, 1)]
         assert [len(h) for h in halves] == [4, 4]
         assert sorted(torch.cat(halves).tolist()) == sorted(batch.tolist())
-    assert not torch.equal(torch.cat(whole), torch.cat(train_module.epoch_batches(50, 8, seed=0, epoch=4)))
+    assert not torch.equal(torch.cat(whole), torch.cat(sampling.epoch_batches(50, 8, seed=0, epoch=4)))
 
 
 def test_a_shared_batch_is_augmented_as_a_whole_one():
@@ -765,9 +765,9 @@ def test_a_shared_batch_is_augmented_as_a_whole_one():
     config = resolve_config({"image_size": 32, "color_jitter": 0.3, "rotation": 30})
     batches = FastTrainBatches(data, config, torch.device("cpu"))
     batch = torch.tensor([5, 0, 3, 1])
-    whole, labels = batches(batch, train_module.generator_for(0, 0, 0), 32)
+    whole, labels = batches(batch, sampling.generator_for(0, 0, 0), 32)
     for rank in (0, 1):
-        part, part_labels = batches(batch, train_module.generator_for(0, 0, 0), 32, Topology(rank, 2))
+        part, part_labels = batches(batch, sampling.generator_for(0, 0, 0), 32, Topology(rank, 2))
         torch.testing.assert_close(part, whole[rank::2])
         assert torch.equal(part_labels, labels[rank::2])
 
@@ -818,10 +818,10 @@ def test_freeze_backbone_leaves_every_backbone_tensor_unchanged(folder, tmp_path
 
 def test_fine_tune_trains_the_head_first(torchvision_pth):
     config = resolve_config({"weights": str(torchvision_pth), "lr": 0.1})
-    assert train_module.group_learning_rate(config, 0.1, head=False, epoch=0) == 0.0
-    assert train_module.group_learning_rate(config, 0.1, head=True, epoch=0) == 0.1
-    assert train_module.group_learning_rate(config, 0.1, head=False, epoch=1) == pytest.approx(0.01)
-    assert train_module.group_learning_rate(resolve_config({}), 0.1, head=False, epoch=0) == 0.1
+    assert optim.group_learning_rate(config, 0.1, head=False, epoch=0) == 0.0
+    assert optim.group_learning_rate(config, 0.1, head=True, epoch=0) == 0.1
+    assert optim.group_learning_rate(config, 0.1, head=False, epoch=1) == pytest.approx(0.01)
+    assert optim.group_learning_rate(resolve_config({}), 0.1, head=False, epoch=0) == 0.1
 
 
 def test_weights_of_another_architecture_name_the_tensor(tmp_path, capsys, folder):

@@ -43,7 +43,9 @@ from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
 from resnet.model import get_model
 from resnet.pipeline import FastTrainBatches, augment_spec
-from resnet.train import TrainStep, generator_for, has_fused_optimizer
+from resnet.optim import has_fused_optimizer
+from resnet.sampling import generator_for
+from resnet.train import TrainStep
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9

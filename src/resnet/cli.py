@@ -130,7 +130,7 @@ def images_side(overrides: dict) -> int | None:
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
-        "eval", help="score a checkpoint: loss, top-1/5, per-class accuracy, confusion matrix",
+        "eval", help="score a checkpoint: loss, top-1/5, macro-F1, balanced accuracy, per-class scores, confusion",
         description="Evaluate a checkpoint (or a run directory's best.pt) on the dataset and split it was "
                     "trained on, or on another one. Writes confusion_matrix.png and per_class.csv.")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")

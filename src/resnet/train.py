@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -60,6 +59,17 @@ from resnet.model import FlipTTA, ResNet, get_model
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
+from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate, learning_rate
+from resnet.sampling import (
+    balanced_epoch_batches,
+    class_count_line,
+    class_weights,
+    epoch_batches,
+    format_ratio,
+    generator_for,
+    imbalance_ratio,
+    labels_tensor,
+)
 from resnet.signals import StopSignals, Stopped
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
@@ -73,7 +83,7 @@ class TrainingDiverged(ResnetError):
     pass
 
 
-# --- model and optimizer ----------------------------------------------------------
+# --- the model ------------------------------------------------------------------------
 
 
 def build_model(config: TrainConfig, num_classes: int) -> ResNet:
@@ -89,153 +99,7 @@ def build_model(config: TrainConfig, num_classes: int) -> ResNet:
     return model
 
 
-def is_head(parameter_name: str) -> bool:
-    return parameter_name.startswith("fc.")
-
-
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Backbone and head, each split for weight decay: decay on conv and linear weights
-    only, since decaying BatchNorm scales and biases only fights the normalization."""
-    groups = {(head, decays): [] for head in (False, True) for decays in (True, False)}
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            groups[(is_head(name), parameter.ndim > 1)].append(parameter)
-    return [{"params": params, "weight_decay": weight_decay if decays else 0.0, "head": head}
-            for (head, decays), params in groups.items() if params]
-
-
-def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    groups = parameter_groups(model, config.weight_decay)
-    # One fused kernel per update instead of five passes over every weight: at batch 16
-    # and 64 px, the per-tensor SGD update was a fifth to a quarter of the CPU step.
-    fused = has_fused_optimizer(next(model.parameters()).device)
-    if config.optimizer == "adamw":
-        # AdamW's decay is decoupled (scaled by the lr, not by the gradient statistics).
-        return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
-                           nesterov=config.nesterov and config.momentum > 0, fused=fused)
-
-
-def has_fused_optimizer(device: torch.device) -> bool:
-    """Whether torch (>= 2.4) has fused SGD and AdamW kernels there; elsewhere the default loop runs."""
-    return device.type in ("cpu", "cuda")
-
-
-def group_learning_rate(config: TrainConfig, lr: float, head: bool, epoch: int) -> float:
-    """fastai's fine_tune: with pretrained weights the head trains alone first, then the
-    backbone joins at a lower learning rate, so a random head cannot wreck its features."""
-    if head:
-        return lr
-    if epoch < config.resolved_head_epochs():
-        return 0.0
-    return lr * config.resolved_backbone_lr_scale()
-
-
-def freeze_backbone_batchnorm(model: nn.Module) -> None:
-    """A frozen backbone keeps its BatchNorm statistics too: eval mode for every BN outside the head."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and not is_head(name + "."):
-            module.eval()
-
-
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup from ~0, then cosine to 0 (or constant), as a function of the global step."""
-    warmup = config.warmup_epochs * steps_per_epoch
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    if config.schedule == "constant":
-        return config.lr
-    total = config.epochs * steps_per_epoch
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-# --- randomness ------------------------------------------------------------------
-
-
-def generator_for(*keys: int) -> torch.Generator:
-    """A CPU generator seeded from a tuple such as (seed, epoch, step): the same numbers
-    whether the run is fresh or resumed, on any device."""
-    seed = int(np.random.SeedSequence([k & 0xFFFFFFFF for k in keys]).generate_state(1, np.uint64)[0])
-    return torch.Generator().manual_seed(seed)
-
-
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: int = 1) -> list[torch.Tensor]:
-    """The epoch's global batches: the same seeded permutation on every rank."""
-    order = torch.randperm(n, generator=generator_for(seed, epoch, -1))
-    return cut_into_batches(order, batch_size, world_size)
-
-
-def balanced_epoch_batches(labels: torch.Tensor, batch_size: int, seed: int, epoch: int,
-                           world_size: int = 1) -> list[torch.Tensor]:
-    """The epoch's global batches under ``--balance sampler``: as many draws as there are training
-    images, each a class chosen uniformly among those that have images, then one of its images
-    uniformly (with replacement), so every class is equally likely at every draw. The epoch keeps
-    its length, hence its steps and the schedule; like ``epoch_batches`` it is a function of
-    (seed, epoch) alone, the same on every rank and in a resumed run."""
-    generator = generator_for(seed, epoch, -2)
-    counts = torch.bincount(labels)
-    present = counts.nonzero().flatten()
-    by_class = torch.argsort(labels, stable=True)  # each class's images side by side
-    starts = counts.cumsum(0) - counts
-    n = len(labels)
-    classes = present[torch.randint(len(present), (n,), generator=generator)]
-    within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
-    within = torch.minimum(within, counts[classes] - 1)  # a product that rounded up to the count
-    return cut_into_batches(by_class[starts[classes] + within], batch_size, world_size)
-
-
-def cut_into_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    # A final batch too small to give every rank two images is dropped: BatchNorm cannot
-    # normalize a single sample.
-    if len(batches[-1]) < 2 * world_size:
-        batches = batches[:-1] or batches
-    return batches
-
-
-# --- class imbalance -------------------------------------------------------------------
-
-
-def labels_tensor(source: Source) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(source.labels, dtype=np.int64))
-
-
-def class_weights(counts: torch.Tensor) -> torch.Tensor:
-    """``--balance loss``: w_c = N / (C n_c) for the C classes with training images (n_c of the
-    N), 0 for a class without. Every class then weighs N / C in an epoch, as in a balanced set,
-    and the mean weight of a training image is 1: the loss keeps its scale, and the lr its meaning."""
-    counts = counts.double()
-    present = counts > 0
-    weights = torch.zeros_like(counts)
-    weights[present] = counts.sum() / (present.sum() * counts[present])
-    return weights.float()
-
-
-def format_ratio(ratio: float) -> str:
-    return f"{ratio:.1f}".removesuffix(".0")
-
-
-def class_count_line(counts: list[int], balance: str) -> str:
-    """The training split's classes in brief: the smallest and largest class and their ratio."""
-    present = [n for n in counts if n]
-    smallest, largest = min(present), max(present)
-    line = f"classes: {len(counts)}, " + (f"{largest:,} training images each" if smallest == largest else
-                                          f"training images per class {smallest:,} to {largest:,} "
-                                          f"(ratio {format_ratio(largest / smallest)}:1)")
-    if len(present) < len(counts):
-        line += f", {len(counts) - len(present)} without any"
-    if balance == "loss":
-        weights = class_weights(torch.tensor(counts))
-        line += f"; --balance loss: class weights {weights[weights > 0].min():.3g} to {weights.max():.3g}"
-    elif balance == "sampler":
-        line += f"; --balance sampler: each class drawn 1/{len(present)} of the time"
-    return line
-
-
-def imbalance_ratio(counts: list[int]) -> float:
-    present = [n for n in counts if n]
-    return max(present) / min(present)
+# --- choosing best.pt ------------------------------------------------------------------
 
 
 def best_row(history: list[dict], metric: str) -> dict | None:
@@ -427,7 +291,7 @@ class Run:
             return
         images = min(len(batch) for batch in self.epoch_batches(0)) // world_size
         size = min(config.image_size_at(epoch) for epoch in range(config.epochs))
-        side = math.ceil(size / 32)  # the network's stride
+        side = math.ceil(size / (8 if config.stem == "small" else 32))  # the network's stride
         if images * side * side >= 2:
             return
         if len(self.splits.train) == 1:
