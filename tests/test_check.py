@@ -221,3 +221,11 @@ def test_a_worker_that_dies_ends_the_check_in_one_line(tmp_path, monkeypatch, ca
     monkeypatch.setattr(check, "inspect_file", die)
     assert main(["check", str(root), "--workers", "2", "--quiet"]) == 2
     assert "a worker process of the check died" in capsys.readouterr().err
+
+
+def test_small_images_are_measured_against_the_size_a_run_would_train_at(tmp_path, capsys):
+    root = make_image_folder(tmp_path / "data" / "train", ["ant", "bee"], per_class=3, size=(32, 32)).parent
+    make_image_folder(root / "val", ["ant", "bee"], per_class=1, size=(32, 32), seed=1)
+    main(["check", str(root), "--json", "--quiet", "--workers", "1"])
+    small = json.loads(capsys.readouterr().out)["small"]
+    assert (small["image_size"], small["count"]) == (32, 0)  # the small-image defaults, not 224 px

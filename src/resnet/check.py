@@ -145,10 +145,17 @@ def list_dataset(options: CheckOptions) -> Listing:
     return listing
 
 
-def training_size(dataset: str) -> int:
-    from resnet.config import DATASET_PRESETS, TrainConfig
+def training_size(options: CheckOptions) -> int:
+    """The crop a run on this data would train at with no size option: the dataset's preset,
+    or, for an image folder of small images, their own size (``resolve_config``'s choice)."""
+    from resnet.config import resolve_config
+    from resnet.data import sample_image_files, typical_shorter_side
 
-    return int(DATASET_PRESETS.get(dataset, {}).get("image_size", TrainConfig.image_size))
+    side = None
+    if options.dataset == "imagefolder":
+        side = typical_shorter_side(sample_image_files(options.data_dir, options.labels))
+    overrides = {"dataset": options.dataset, "data_dir": options.data_dir, "labels": options.labels}
+    return resolve_config(overrides, side).image_size
 
 
 # --- one file -------------------------------------------------------------------------------------
@@ -477,7 +484,7 @@ def check_dataset(options: CheckOptions) -> dict[str, Any]:
         "splits": dict(Counter(listing.splits)), "classes": listing.classes, "counts": class_counts(listing),
         "unreadable": [{**member(listing, i), "error": f.error} for i, f in enumerate(facts) if f.error],
         "duplicates": exact, "near_duplicates": near, "leaks": leaks_of(exact + near),
-        **file_properties(listing, facts, options.image_size or training_size(options.dataset)),
+        **file_properties(listing, facts, options.image_size or training_size(options)),
         "hash": {"exact": "blake2b (128 bits) of the file's bytes", "near": near_rule(options), "why": NEAR_RULE},
         "workers": workers, "reused": reused, "seconds": round(time.perf_counter() - started, 2),
     }
