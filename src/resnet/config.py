@@ -239,8 +239,12 @@ SMALL_IMAGE_RECIPE: dict[str, Any] = dict(stem="small", min_image_size=None, rot
 def wants_image_defaults(overrides: dict[str, Any]) -> bool:
     """Whether a fresh run's options leave its image size and stem to the images themselves."""
     given = {k for k, v in overrides.items() if v is not None}
-    dataset = overrides.get("dataset") or ("imagefolder" if overrides.get("labels") else TrainConfig.dataset)
-    return dataset == "imagefolder" and not given & set(SIZE_OPTIONS)
+    return dataset_of(overrides) == "imagefolder" and not given & set(SIZE_OPTIONS)
+
+
+def dataset_of(overrides: dict[str, Any]) -> str:
+    """The dataset a run's options name: a label file alone means an image folder."""
+    return overrides.get("dataset") or ("imagefolder" if overrides.get("labels") else TrainConfig.dataset)
 
 
 def small_image_preset(side: int) -> dict[str, Any]:
@@ -256,7 +260,7 @@ def resolve_config(overrides: dict[str, Any], image_side: int | None = None) -> 
     recipe = given.get("recipe", "default")
     if recipe not in RECIPES:
         raise ResnetError(f"unknown recipe {recipe!r}; choose one of: {', '.join(RECIPES)}")
-    dataset = given.get("dataset", "imagefolder" if given.get("labels") else TrainConfig.dataset)
+    dataset = dataset_of(given)
     preset = dict(DATASET_PRESETS.get(dataset, {}))
     if image_side is not None and image_side <= SMALL_IMAGE_SIDE and wants_image_defaults(overrides):
         preset.update(small_image_preset(image_side))

@@ -381,7 +381,9 @@ def sample_image_files(data_dir: str | os.PathLike, labels: str | os.PathLike | 
     the run itself then says why, in its own words."""
     try:
         if labels is not None:
-            return first_labelled_files(Path(labels), Path(data_dir), count)
+            from resnet.labelfile import first_files
+
+            return first_files(Path(labels), Path(data_dir), count)
         root = Path(data_dir)
         root = split_folders(root).get("train", root)
         with os.scandir(root) as entries:
@@ -397,19 +399,6 @@ def first_image_in(folder: Path) -> list[Path]:
             if not entry.name.startswith(".") and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS:
                 return [Path(entry.path)]
     return []
-
-
-def first_labelled_files(labels: Path, data_dir: Path, count: int) -> list[Path]:
-    from resnet.labelfile import find_columns, read_table
-
-    header, records = read_table(labels)
-    column = find_columns(labels, header).path
-    found = []
-    for _, values in records[:count]:
-        path = data_dir / values[column] if column < len(values) else None
-        candidates = [path] + [Path(f"{path}{ext}") for ext in IMAGE_EXTENSIONS] if path else []
-        found += [candidate for candidate in candidates if candidate.is_file()][:1]
-    return found
 
 
 def typical_shorter_side(paths: Sequence[Path]) -> int | None:

@@ -225,6 +225,17 @@ class Folders:
         return [os.path.join(folder, name)] if name and os.path.exists(path) else []
 
 
+def first_files(labels: Path, data_dir: Path, count: int) -> list[Path]:
+    """The files of the first ``count`` rows that name one, resolved as a run resolves them
+    (``Folders``), with no check of the rest: a sample of the images, for their size."""
+    header, records = read_table(labels)
+    column, folders, found = find_columns(labels, header).path, Folders(), []
+    for _, values in records[:count]:
+        if column < len(values) and values[column]:
+            found += [Path(path) for path in folders.resolve(os.path.join(data_dir, values[column]))[:1]]
+    return found
+
+
 def read_rows(records: list[tuple[int, list[str]]], columns: Columns, data_dir: Path,
               problems: Problems) -> list[Row]:
     """The rows without problems; the problems of the others go to ``problems``."""
