@@ -44,7 +44,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from resnet.data import DEEP_GRAY_MODES, ImageArrays, check_regular_file, load_splits, open_rgb, printable
+from resnet.data import (DEEP_GRAY_MODES, ImageArrays, check_regular_file, load_splits, open_rgb, printable,
+                         sample_image_files, typical_shorter_side)
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
 
@@ -149,7 +150,6 @@ def training_size(options: CheckOptions) -> int:
     """The crop a run on this data would train at with no size option: the dataset's preset,
     or, for an image folder of small images, their own size (``resolve_config``'s choice)."""
     from resnet.config import resolve_config
-    from resnet.data import sample_image_files, typical_shorter_side
 
     side = None
     if options.dataset == "imagefolder":
