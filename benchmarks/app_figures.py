@@ -29,8 +29,8 @@ from PIL import Image
 
 from resnet.app import classify
 from resnet.cli import main as resnet
-from resnet.evaluate import eval_source, load_model_from_checkpoint
-from resnet.predict import predict_files
+from resnet.evaluation import eval_source, load_model_from_checkpoint
+from resnet.prediction import predict_files
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from resnet.data import decode
-from resnet.evaluate import (
+from resnet.evaluation import (
     classification_metrics,
     decoded_eval_batches,
     eval_source,

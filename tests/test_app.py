@@ -16,8 +16,8 @@ from resnet.app import (  # noqa: E402
     classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief, served_copy)
 from resnet.cli import main  # noqa: E402
 from resnet.errors import ResnetError  # noqa: E402
-from resnet.evaluate import load_model_from_checkpoint  # noqa: E402
-from resnet.predict import predict_files  # noqa: E402
+from resnet.evaluation import load_model_from_checkpoint  # noqa: E402
+from resnet.prediction import predict_files  # noqa: E402
 
 
 def test_classify_gives_predict_files_probabilities(tiny_run):

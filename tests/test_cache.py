@@ -210,7 +210,7 @@ def test_a_consumer_that_stops_early_stops_the_prefetcher():
 
 
 def test_eval_decodes_only_the_images_it_scores(tiny_run, decodes, monkeypatch, tmp_path):
-    from resnet.evaluate import evaluate_checkpoint
+    from resnet.evaluation import evaluate_checkpoint
 
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cold"))
     result = evaluate_checkpoint(tiny_run["dir"], out=tmp_path / "eval", workers=0, mistakes=0)

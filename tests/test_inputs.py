@@ -361,7 +361,7 @@ def test_a_cache_folder_on_a_read_only_filesystem_is_an_error_before_any_decode(
 
 
 def test_a_missing_relative_data_dir_of_a_run_says_to_pass_data_dir(tmp_path, monkeypatch):
-    from resnet.evaluate import eval_source
+    from resnet.evaluation import eval_source
 
     monkeypatch.chdir(tmp_path)
     checkpoint = {"config": {"dataset": "imagefolder", "data_dir": "d9"}, "classes": ["a", "b"]}

@@ -10,9 +10,9 @@ from PIL import Image
 
 from resnet.cli import main
 from resnet.data import load_splits
-from resnet.evaluate import load_model_from_checkpoint
+from resnet.evaluation import load_model_from_checkpoint
 from resnet.mistakes import most_confused, worst_mistakes
-from resnet.predict import predict_files
+from resnet.prediction import predict_files
 
 CLASSES = ["a", "b", "c"]
 

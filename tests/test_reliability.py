@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir, train as train_module
+from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir, training as train_module
 from resnet.checkpoint import load_checkpoint
 from resnet.cli import main
 from resnet.config import resolve_config

@@ -10,7 +10,7 @@ import torch
 from conftest import make_image_folder
 from resnet.cli import main
 from resnet.errors import ResnetError
-from resnet.evaluate import load_model_from_checkpoint
+from resnet.evaluation import load_model_from_checkpoint
 
 CLASSES = ["ant", "bee"]
 

@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from conftest import make_image_folder
-from resnet import augment, optim, sampling, train as train_module
+from resnet import augment, optim, sampling, training as train_module
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.cli import main
 from resnet.config import TrainConfig, resolve_config
@@ -672,7 +672,7 @@ def test_a_run_on_three_classes_and_its_extension(folder, tmp_path, capsys):
 
 
 def test_checkpoint_format_is_checked_and_older_checkpoints_load(tmp_path):
-    from resnet.evaluate import load_model_from_checkpoint
+    from resnet.evaluation import load_model_from_checkpoint
 
     plain = {"arch": "resnet18", "classes": ["a", "b"], "model": train_module.get_model("resnet18", num_classes=2)
              .state_dict()}

@@ -14,7 +14,7 @@ from PIL import Image
 
 from resnet.cli import main
 from resnet.data import load_splits, open_rgb
-from resnet.evaluate import load_model_from_checkpoint
+from resnet.evaluation import load_model_from_checkpoint
 from resnet.model import FlipTTA, get_model
 
 CLASSES = ["cat", "dog", "fox"]
@@ -106,7 +106,7 @@ def test_eval_matches_a_direct_computation(run, capsys):
 def test_top5_misses_a_class_ranked_sixth():
     """Six classes and a model whose logits are fixed per image (read off its pixel value)."""
     from resnet.data import ImageArrays
-    from resnet.evaluate import evaluate
+    from resnet.evaluation import evaluate
 
     table = torch.tensor([[6.0, 5, 4, 3, 2, 1]] * 4)  # class 0 ranks first, class 5 sixth
     labels = np.array([0, 4, 5, 5])  # ranked 1st, 5th, 6th, 6th: top-1 1/4, top-5 2/4

@@ -1,7 +1,7 @@
 """``resnet serve``: a local web app to try a trained model and look at its runs.
 
 Two tabs. **Classify**: images in, the top-5 classes with probabilities and a Grad-CAM
-overlay out; the probabilities come from ``resnet.predict``'s decoding and ranking (through
+overlay out; the probabilities come from ``resnet.prediction``'s decoding and ranking (through
 ``resnet.explain.explain_image``), so a file gets exactly what ``resnet predict`` prints.
 **Runs**: each run's config, headline metrics (top-1, and balanced accuracy and macro-F1 for
 runs that recorded them), learning curves (re-read from
@@ -202,7 +202,7 @@ class ModelCache:
         self.models: dict[str, tuple[Any, dict[str, Any]]] = {}
 
     def get(self, run: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
-        from resnet.evaluate import load_model_from_checkpoint
+        from resnet.evaluation import load_model_from_checkpoint
 
         key = str(Path(run).resolve())
         if key not in self.models:
@@ -215,7 +215,7 @@ def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class
     """Top-5 and (``with_cam``) the Grad-CAM overlay of ``cam_class`` (None: the top class)
     for each file; a file that cannot be read or classified gets an ``error``, never an exception."""
     from resnet.explain import explain_image
-    from resnet.predict import predict_files
+    from resnet.prediction import predict_files
 
     results = []
     for path in paths:
@@ -243,7 +243,7 @@ def example_images(checkpoint: dict[str, Any], folder: Path, n: int = 4) -> list
     from PIL import Image
 
     from resnet.data import ImageFiles
-    from resnet.evaluate import eval_source
+    from resnet.evaluation import eval_source
 
     try:
         source, _, _, _ = eval_source(checkpoint)

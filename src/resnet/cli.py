@@ -97,7 +97,7 @@ def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from resnet.config import resolve_config, resume_config
-    from resnet.train import Interrupted, train
+    from resnet.training import Interrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
     if args.resume:
@@ -161,7 +161,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from resnet.evaluate import evaluate_checkpoint, format_eval
+    from resnet.evaluation import evaluate_checkpoint, format_eval
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
                                  args.device, args.batch_size, args.workers, args.image_size, args.tta,
@@ -190,9 +190,9 @@ def run_predict(args: argparse.Namespace) -> int:
     import csv
     import json
 
-    from resnet.evaluate import load_model_from_checkpoint
+    from resnet.evaluation import load_model_from_checkpoint
     from resnet.hardware import select_device
-    from resnet.predict import CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
+    from resnet.prediction import CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
 
     model, checkpoint = load_model_from_checkpoint(args.checkpoint)
     device = select_device(args.device)

@@ -110,7 +110,7 @@ def explain_image(model: nn.Module, checkpoint: dict[str, Any], path: str | os.P
     the Grad-CAM overlay of ``class_name`` (default: the top class), from one decoding of
     the file. An unreadable image is a ResnetError."""
     from resnet.augment import Normalize
-    from resnet.predict import describe_error, load_image, rank_classes
+    from resnet.prediction import describe_error, load_image, rank_classes
 
     classes, norm = checkpoint["classes"], checkpoint["normalization"]
     try:
@@ -152,8 +152,8 @@ def explain_files(checkpoint_path: str | os.PathLike, images: list[str], out: st
     """``resnet explain``: ``OUT/<stem>.cam.png`` per image (``<stem>-2.cam.png`` for a second
     image of the same stem). Returns ``(image, written file or why not)`` in input order; one
     unreadable image does not stop the others."""
-    from resnet.evaluate import load_model_from_checkpoint
-    from resnet.predict import image_files
+    from resnet.evaluation import load_model_from_checkpoint
+    from resnet.prediction import image_files
 
     require("captum.attr")
     model, checkpoint = load_model_from_checkpoint(checkpoint_path)

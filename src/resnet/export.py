@@ -130,7 +130,7 @@ def export_checkpoint(path: str | os.PathLike, fmt: str = "onnx", out: str | os.
                       tolerance: float = 1e-3, check_batch: int = 3) -> dict[str, Any]:
     """Export, reload, and compare on a random batch of ``check_batch`` images (a batch size
     other than the export's example, so the dynamic batch axis is exercised too)."""
-    from resnet.evaluate import load_model_from_checkpoint
+    from resnet.evaluation import load_model_from_checkpoint
 
     if fmt not in FORMATS:
         raise ResnetError(f"unknown format {fmt!r}; choose one of: {', '.join(FORMATS)}")

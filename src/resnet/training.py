@@ -47,7 +47,7 @@ from resnet.cache import DecodedImages, readable_parts
 from resnet.data import Source, classic_loader, load_splits
 from resnet.distributed import Topology, shard
 from resnet.errors import ResnetError
-from resnet.evaluate import (
+from resnet.evaluation import (
     classic_eval_batches,
     classification_metrics,
     decoded_eval_batches,
