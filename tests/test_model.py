@@ -189,9 +189,19 @@ def test_small_stem_keeps_32px_images_large_through_layer4():
     assert imagenet.forward_features(x).shape == (2, 512, 1, 1)  # why small images need another stem
 
 
+def test_small_pool_stem_halves_32px_images_before_layer1():
+    model = resnet18(num_classes=10, stem="small-pool").eval()
+    shapes = {}
+    for name in ("conv1", "layer1", "layer4"):
+        getattr(model, name).register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, o.shape))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert shapes == {"conv1": (2, 64, 32, 32), "layer1": (2, 64, 16, 16), "layer4": (2, 512, 2, 2)}
+
+
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
-def test_small_stem_differs_from_torchvision_only_in_conv1s_shape(name):
-    ours = get_model(name, num_classes=10, stem="small").state_dict()
+@pytest.mark.parametrize("stem", ["small", "small-pool"])
+def test_small_stems_differ_from_torchvision_only_in_conv1s_shape(name, stem):
+    ours = get_model(name, num_classes=10, stem=stem).state_dict()
     theirs = getattr(torchvision.models, name)(num_classes=10).state_dict()
     assert list(ours) == list(theirs)
     differing = {key for key in ours if ours[key].shape != theirs[key].shape}

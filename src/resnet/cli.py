@@ -15,7 +15,8 @@ from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
 from resnet.model import STEMS, list_models
 
-STEM_HELP = "imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride 1, no max-pool: images of ~32 px)"
+STEM_HELP = ("imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride 1, no max-pool: images of ~32 px) | "
+             "small-pool (3x3 stride 1, then the max-pool: a quarter of small's cost)")
 
 
 def positive_int(text: str) -> int:

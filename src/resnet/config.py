@@ -40,7 +40,8 @@ class TrainConfig:
     # model
     arch: str = option("resnet18", "the architecture (resnet list)")
     stem: str = option("imagenet", "imagenet (7x7 stride-2 convolution and max-pool) | small (3x3 stride 1, no "
-                                   "max-pool: for images of about 32 px, as CIFAR ResNets)")
+                                   "max-pool: for images of about 32 px, as CIFAR ResNets) | small-pool (the "
+                                   "small stem's convolution, then the max-pool: a quarter of its cost)")
     zero_init_residual: bool = option(True, "start each residual branch's last BatchNorm at zero")
     weights: str | None = option(None, "initial weights: imagenet, or a checkpoint / state_dict file")
     freeze_backbone: bool = option(False, "train the classifier only: a linear probe")

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 
 Pooling = Literal["avg", "max"] | None
 POOLINGS = ("avg", "max")
-Stem = Literal["imagenet", "small"]
-STEMS = ("imagenet", "small")
+Stem = Literal["imagenet", "small", "small-pool"]
+STEMS = ("imagenet", "small", "small-pool")
+# How much the stem shrinks the image before layer1; the network's stride is 8 times that.
+STEM_STRIDES = {"imagenet": 4, "small": 1, "small-pool": 2}
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -123,7 +125,10 @@ class ResNet(nn.Module):
             224 px to 56 before ``layer1``; or ``"small"``, for images of about 32 px, a 3x3
             stride-1 convolution and no max-pool (He et al.'s CIFAR ResNets): ``layer1``
             sees the image at full size and ``layer4`` a 4x4 map at 32 px, not 1x1. Only
-            ``conv1``'s weight changes shape; every name stays torchvision's.
+            ``conv1``'s weight changes shape; every name stays torchvision's. ``"small-pool"``
+            keeps the small stem's convolution and adds the stride-2 max-pool: ``layer1`` at
+            16x16 for a 32 px image, about a quarter of the small stem's cost (the same
+            ``conv1`` weight, so the state_dicts of the two match).
     """
 
     def __init__(
@@ -151,7 +156,8 @@ class ResNet(nn.Module):
             self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         else:
             self.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
-            self.maxpool = nn.Identity()  # no parameters: the state_dict's names are unchanged
+            # Neither pooling has parameters: the state_dict's names are unchanged.
+            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1) if stem == "small-pool" else nn.Identity()
         self.bn1 = nn.BatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
 
@@ -184,7 +190,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The stem and the four stages: ``(N, 3, H, W) -> (N, C, H/32, W/32)`` (``H/8``
-        with the small stem)."""
+        with the small stem, ``H/16`` with small-pool)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer1(x)
         x = self.layer2(x)
