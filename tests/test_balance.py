@@ -22,7 +22,8 @@ from resnet.cli import main
 from resnet.data import ImageArrays, load_splits
 from resnet.evaluation import classification_metrics, confusion_matrix, evaluate, per_class_rows, write_per_class_csv
 from resnet.sampling import balanced_epoch_batches, class_count_line, class_weights, epoch_batches
-from resnet.training import TrainStep, best_row
+from resnet.step import TrainStep
+from resnet.training import best_row
 
 CLASSES = ["head", "tail"]
 HEAD, TAIL, BATCH = 20, 1, 7  # 20:1; 21 training images, 3 steps an epoch

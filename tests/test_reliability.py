@@ -18,11 +18,12 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir, training as train_module
+from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir
 from resnet.checkpoint import load_checkpoint
 from resnet.cli import main
 from resnet.config import resolve_config
 from resnet.errors import ResnetError
+from resnet.step import TrainStep
 
 TINY = ["--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet",
         "--arch", "resnet18", "--lr", "0.05"]
@@ -210,14 +211,14 @@ def test_best_score_is_recorded_only_once_best_pt_is_written(folder, tmp_path, m
 
 def signal_at_step(monkeypatch, signum: int, global_step: int) -> None:
     """A real signal to this process during the ``global_step``-th training step."""
-    real, calls = train_module.TrainStep.__call__, iter(range(10**6))
+    real, calls = TrainStep.__call__, iter(range(10**6))
 
     def step(self, images, labels):
         if next(calls) == global_step:
             os.kill(os.getpid(), signum)
         return real(self, images, labels)
 
-    monkeypatch.setattr(train_module.TrainStep, "__call__", step)
+    monkeypatch.setattr(TrainStep, "__call__", step)
 
 
 def test_sigterm_mid_epoch_saves_and_resumes_bit_exact(folder, tmp_path, monkeypatch, capsys):

@@ -28,6 +28,8 @@ from resnet.distributed import Topology
 from resnet.pipeline import FastTrainBatches, augment_spec, load_run_data
 from resnet.errors import ResnetError
 from resnet.petals import CLASSES, make_petals
+from resnet.model import get_model
+from resnet.step import build_model
 
 TINY = ["--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
         "--quiet", "--arch", "resnet18"]
@@ -674,7 +676,7 @@ def test_a_run_on_three_classes_and_its_extension(folder, tmp_path, capsys):
 def test_checkpoint_format_is_checked_and_older_checkpoints_load(tmp_path):
     from resnet.evaluation import load_model_from_checkpoint
 
-    plain = {"arch": "resnet18", "classes": ["a", "b"], "model": train_module.get_model("resnet18", num_classes=2)
+    plain = {"arch": "resnet18", "classes": ["a", "b"], "model": get_model("resnet18", num_classes=2)
              .state_dict()}
     torch.save(plain, tmp_path / "old.pt")  # written before checkpoints had a format field
     model, _ = load_model_from_checkpoint(tmp_path / "old.pt", tta=False)
@@ -791,12 +793,12 @@ def test_torchvision_weights_load_and_give_identical_outputs(torchvision_pth):
 
     reference = torchvision.models.resnet18(weights=None)
     reference.load_state_dict(torch.load(torchvision_pth, weights_only=True))
-    ours = train_module.build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=1000)
+    ours = build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=1000)
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(ours.eval()(x), reference.eval()(x))
     with pytest.warns(UserWarning, match="1000 classes and this model 3: the head .fc. is re-initialized"):
-        three = train_module.build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=3)
+        three = build_model(resolve_config({"weights": str(torchvision_pth)}), num_classes=3)
     with torch.no_grad():
         torch.testing.assert_close(three.eval().forward_features(x), reference.eval().layer4(
             reference.layer3(reference.layer2(reference.layer1(reference.maxpool(reference.relu(reference.bn1(
@@ -826,7 +828,7 @@ def test_fine_tune_trains_the_head_first(torchvision_pth):
 
 def test_weights_of_another_architecture_name_the_tensor(tmp_path, capsys, folder):
     path = tmp_path / "resnet34.pth"
-    state = train_module.get_model("resnet18").state_dict()
+    state = get_model("resnet18").state_dict()
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(state, path)
     code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--weights", str(path),

@@ -45,7 +45,7 @@ from resnet.model import get_model
 from resnet.pipeline import FastTrainBatches, augment_spec
 from resnet.optim import has_fused_optimizer
 from resnet.sampling import generator_for
-from resnet.training import TrainStep
+from resnet.step import TrainStep
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9

@@ -22,12 +22,10 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -54,8 +52,8 @@ from resnet.evaluation import (
     predict_logits,
     top_k,
 )
-from resnet.hardware import PRECISION_NAMES, autocast, select_device, select_precision
-from resnet.model import FlipTTA, ResNet, get_model
+from resnet.hardware import PRECISION_NAMES, select_device, select_precision
+from resnet.model import FlipTTA
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
@@ -71,6 +69,7 @@ from resnet.sampling import (
     labels_tensor,
 )
 from resnet.signals import StopSignals, Stopped
+from resnet.step import TrainStep, build_model
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
                   "images_per_s", "seconds", "train_size")
@@ -83,22 +82,6 @@ class TrainingDiverged(ResnetError):
     pass
 
 
-# --- the model ------------------------------------------------------------------------
-
-
-def build_model(config: TrainConfig, num_classes: int) -> ResNet:
-    from resnet.weights import load_pretrained
-
-    model = get_model(config.arch, num_classes=num_classes, zero_init_residual=config.zero_init_residual,
-                      stem=config.stem)
-    if config.weights:
-        load_pretrained(model, config.weights, config.arch)
-    if config.freeze_backbone:
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name.startswith("fc."))
-    return model
-
-
 # --- choosing best.pt ------------------------------------------------------------------
 
 
@@ -106,49 +89,6 @@ def best_row(history: list[dict], metric: str) -> dict | None:
     """The evaluated epoch whose weights best.pt holds: the first with the highest ``metric``."""
     scored = [row for row in evaluated(history) if row.get(metric) is not None]
     return max(scored, key=lambda row: row[metric], default=None)
-
-
-# --- one training step (shared with ``resnet bench``) -----------------------------------
-
-
-@dataclass
-class TrainStep:
-    """One optimizer step: forward under autocast, cross-entropy, backward (through a
-    GradScaler, which is active for fp16 only), update. Returns the detached loss."""
-
-    model: nn.Module
-    optimizer: torch.optim.Optimizer
-    device: torch.device
-    dtype: torch.dtype | None = None
-    memory_format: torch.memory_format = torch.contiguous_format
-    label_smoothing: float = 0.0
-    scaler: torch.amp.GradScaler | None = field(default=None)
-    class_weights: torch.Tensor | None = None  # per class, on the device (--balance loss)
-
-    def __post_init__(self) -> None:
-        if self.scaler is None:
-            self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
-            loss = self.loss(self.model(images), labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach()
-
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.class_weights is None:
-            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
-        # Each image's loss (its label smoothing included) times its class's weight, averaged over
-        # the batch. Not cross_entropy's weight=: its mean divides by the batch's sum of weights,
-        # so a batch of one class would weigh what any other does; and under DDP each process's
-        # mean over its equal share keeps the average of the gradients the whole batch's.
-        losses = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
-        return (losses * self.class_weights[labels]).mean()
 
 
 # --- run files -------------------------------------------------------------------------
