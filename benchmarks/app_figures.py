@@ -1,4 +1,4 @@
-"""The README's app figures from a trained run: classify timing, Grad-CAM overlays, a screenshot.
+"""The app figures of docs/using.md from a trained run: classify timing, Grad-CAM overlays, a screenshot.
 
     PYTHONPATH=src python benchmarks/app_figures.py RUN_DIR [--out docs] [--calls 20]
 
@@ -93,7 +93,7 @@ def screenshot(run: Path, image: str, out: Path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
-    Image.open(out).convert("RGB").quantize(256).save(out, optimize=True)  # < 300 KB for the README
+    Image.open(out).convert("RGB").quantize(256).save(out, optimize=True)  # < 300 KB for the docs page
 
 
 def main() -> None:
