@@ -78,6 +78,14 @@ class TrainConfig:
     warmup_epochs: float = option(2.0, "linear learning-rate warmup, epochs")
     schedule: str = option("cosine", "learning rate after warmup: cosine (to zero) | constant")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
+    mixup: float = option(0.0, "MixUp's alpha: a mixed batch blends each image and its label with the batch's "
+                               "previous one, keeping a share ~ Beta(alpha, alpha) (0: off; 0.2 is usual)")
+    cutmix: float = option(0.0, "CutMix's alpha: a mixed batch pastes a box of the batch's previous image into "
+                                "each one, the labels mixed by area, the share kept ~ Beta(alpha, alpha) (0: off; "
+                                "1.0 is usual)")
+    mix_prob: float = option(1.0, "with --mixup or --cutmix: the probability that a batch is mixed")
+    mix_switch: float = option(0.5, "with --mixup and --cutmix: the probability that a mixed batch takes CutMix "
+                                    "rather than MixUp")
     select_metric: str = option("top1", "the validation score that chooses best.pt: top1 | macro_f1 | "
                                         "balanced_accuracy (mean per-class recall)")
     ema_decay: float = option(0.0, "per-step decay of an evaluated weight average (0: off)")
@@ -305,9 +313,10 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
 MAX_IMAGE_SIZE = 2048
 
 # Numeric fields and their allowed ranges: (lowest, highest, whether highest is allowed).
-AT_LEAST_ZERO = ("weight_decay", "warmup_epochs", "rotation", "color_jitter", "workers", "head_epochs", "eval_every")
+AT_LEAST_ZERO = ("weight_decay", "warmup_epochs", "rotation", "color_jitter", "workers", "head_epochs", "eval_every",
+                 "mixup", "cutmix")
 BELOW_ONE = ("momentum", "label_smoothing", "ema_decay")  # in [0, 1)
-PROBABILITIES = ("hflip", "vflip")  # in [0, 1]
+PROBABILITIES = ("hflip", "vflip", "mix_prob", "mix_switch")  # in [0, 1]
 
 
 def flag(name: str) -> str:

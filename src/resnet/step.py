@@ -63,6 +63,8 @@ class TrainStep:
         return loss.detach()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy against class indices (N,) or class probabilities (N, C), as MixUp and
+        CutMix give them; label smoothing mixes either with the uniform distribution alike."""
         if self.class_weights is None:
             return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         # Each image's loss (its label smoothing included) times its class's weight, averaged over
@@ -70,4 +72,11 @@ class TrainStep:
         # so a batch of one class would weigh what any other does; and under DDP each process's
         # mean over its equal share keeps the average of the gradients the whole batch's.
         losses = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing, reduction="none")
-        return (losses * self.class_weights[labels]).mean()
+        return (losses * self.image_weights(labels)).mean()
+
+    def image_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        """Each image's class weight; a mixed image's is its classes' weights in its label's
+        proportions (a product and a sum, not a matmul, which autocast would take to bf16)."""
+        if labels.is_floating_point():
+            return (labels.float() * self.class_weights).sum(1)
+        return self.class_weights[labels]

@@ -53,6 +53,7 @@ from resnet.evaluation import (
     top_k,
 )
 from resnet.hardware import PRECISION_NAMES, select_device, select_precision
+from resnet.mixing import BatchMixer, mix_generator
 from resnet.model import FlipTTA
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
@@ -252,6 +253,7 @@ class Run:
         self.class_weights = None
         if self.config.balance == "loss":
             self.class_weights = class_weights(self.class_counts).to(self.device)
+        self.mixer = BatchMixer.from_config(self.config, len(self.splits.classes))
         self.fast_batches = FastTrainBatches(data.train, self.config, self.device) if data.train is not None else None
         self.check_batchnorm_can_train()  # again: unreadable files may have left fewer images
         self.steps_per_epoch = len(self.epoch_batches(0))
@@ -321,6 +323,14 @@ class Run:
             for step, (images, labels) in enumerate(loader, start=first):
                 yield step, images, labels
 
+    def mixed(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step's images and targets: MixUp or CutMix of the batch (targets: class
+        probabilities) when the run mixes and this step's draw says so, else the batch as it came."""
+        if self.mixer is None:
+            return images, labels
+        return self.mixer(images, labels, mix_generator(self.config.seed, epoch, step))
+
     def train_one_epoch(self) -> dict[str, float]:
         """The epoch's remaining steps; returns its training metrics."""
         state, epoch = self.state, self.state.epoch
@@ -335,7 +345,7 @@ class Run:
                    disable=not self.main or self.config.quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
         for step, images, labels in self.epoch_inputs(epoch, batches):
             self.set_learning_rate(epoch, step)
-            loss = self.step(images, labels)
+            loss = self.step(*self.mixed(images, labels, epoch, step))  # labels stay the class indices
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             loss_sum += loss.double() * len(labels)
