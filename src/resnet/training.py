@@ -54,7 +54,7 @@ from resnet.evaluation import (
 )
 from resnet.hardware import PRECISION_NAMES, select_device, select_precision
 from resnet.mixing import BatchMixer, mix_generator
-from resnet.model import FlipTTA
+from resnet.model import STEM_STRIDES, FlipTTA
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
@@ -232,7 +232,7 @@ class Run:
             return
         images = min(len(batch) for batch in self.epoch_batches(0)) // world_size
         size = min(config.image_size_at(epoch) for epoch in range(config.epochs))
-        side = math.ceil(size / (8 if config.stem == "small" else 32))  # the network's stride
+        side = math.ceil(size / (8 * STEM_STRIDES[config.stem]))  # the network's stride
         if images * side * side >= 2:
             return
         if len(self.splits.train) == 1:
