@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -10,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet.config import TrainConfig
+from resnet.errors import ResnetError
 from resnet.hardware import autocast
-from resnet.model import ResNet, get_model
+from resnet.model import STEM_STRIDES, ResNet, get_model
 
 
 # --- the model ------------------------------------------------------------------------
@@ -80,3 +82,26 @@ class TrainStep:
         if labels.is_floating_point():
             return (labels.float() * self.class_weights).sum(1)
         return self.class_weights[labels]
+
+
+# --- whether BatchNorm can train ---------------------------------------------------------
+
+
+def check_batchnorm_can_train(config: TrainConfig, batches: list[torch.Tensor], train_images: int,
+                              world_size: int = 1) -> None:
+    """BatchNorm normalizes each channel over a step's images and positions: layer4's map
+    (1x1 at 32 px) times the fewest images a rank gets in a step must give it two values."""
+    if config.freeze_backbone:  # the backbone's BatchNorm layers keep their statistics
+        return
+    images = min(len(batch) for batch in batches) // world_size
+    size = min(config.image_size_at(epoch) for epoch in range(config.epochs))
+    side = math.ceil(size / (8 * STEM_STRIDES[config.stem]))  # the network's stride
+    if images * side * side >= 2:
+        return
+    if train_images == 1:
+        raise ResnetError(f"the training split has a single image: at {size} px layer4's map is 1x1, so "
+                          "BatchNorm would get one value per channel, which it cannot normalize; add images")
+    per = f" per process ({world_size} processes)" if world_size > 1 else ""
+    raise ResnetError(f"--batch-size {config.batch_size} gives {images} image{per} a step: at {size} px layer4's "
+                      "map is 1x1, so BatchNorm would get one value per channel, which it cannot normalize; "
+                      f"use --batch-size {2 * world_size} or more, or crops above 32 px")

@@ -54,7 +54,7 @@ from resnet.evaluation import (
 )
 from resnet.hardware import PRECISION_NAMES, select_device, select_precision
 from resnet.mixing import BatchMixer, mix_generator
-from resnet.model import STEM_STRIDES, FlipTTA
+from resnet.model import FlipTTA
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
@@ -70,7 +70,7 @@ from resnet.sampling import (
     labels_tensor,
 )
 from resnet.signals import StopSignals, Stopped
-from resnet.step import TrainStep, build_model
+from resnet.step import TrainStep, build_model, check_batchnorm_can_train
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
                   "images_per_s", "seconds", "train_size")
@@ -225,23 +225,8 @@ class Run:
                 model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
 
     def check_batchnorm_can_train(self) -> None:
-        """BatchNorm normalizes each channel over a step's images and positions: layer4's map
-        (1x1 at 32 px) times the fewest images a rank gets in a step must give it two values."""
-        config, world_size = self.config, self.topology.world_size
-        if config.freeze_backbone:  # the backbone's BatchNorm layers keep their statistics
-            return
-        images = min(len(batch) for batch in self.epoch_batches(0)) // world_size
-        size = min(config.image_size_at(epoch) for epoch in range(config.epochs))
-        side = math.ceil(size / (8 * STEM_STRIDES[config.stem]))  # the network's stride
-        if images * side * side >= 2:
-            return
-        if len(self.splits.train) == 1:
-            raise ResnetError(f"the training split has a single image: at {size} px layer4's map is 1x1, so "
-                              "BatchNorm would get one value per channel, which it cannot normalize; add images")
-        per = f" per process ({world_size} processes)" if world_size > 1 else ""
-        raise ResnetError(f"--batch-size {config.batch_size} gives {images} image{per} a step: at {size} px layer4's "
-                          "map is 1x1, so BatchNorm would get one value per channel, which it cannot normalize; "
-                          f"use --batch-size {2 * world_size} or more, or crops above 32 px")
+        check_batchnorm_can_train(self.config, self.epoch_batches(0), len(self.splits.train),
+                                  self.topology.world_size)
 
     def load_data(self) -> None:
         """Decode the splits (the fast pipeline's caches; the classic one's check of each file)."""
