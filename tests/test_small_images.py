@@ -71,8 +71,7 @@ def test_weights_of_the_other_stem_are_named_as_such(small_run, tmp_path):
 
 
 def resolved(data, *options):
-    from resnet.cli import images_side
-    from resnet.config import resolve_config
+    from resnet.config import images_side, resolve_config
 
     overrides = {"dataset": "imagefolder", "data_dir": str(data), **dict(options)}
     return resolve_config(overrides, images_side(overrides))

@@ -97,36 +97,17 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from resnet.config import resolve_config, resume_config
+    from resnet.config import train_config
     from resnet.training import Interrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
-    if args.resume:
-        config = resume_config(Path(args.resume), overrides)
-    else:
-        config = resolve_config(overrides, images_side(overrides))
+    config = train_config(overrides, args.resume or None)
     try:
         train(config, Path(args.resume) if args.resume else None)
     except Interrupted as interrupted:
         print(f"resnet train: {interrupted}", file=sys.stderr)
         return interrupted.exit_status
     return 0
-
-
-def images_side(overrides: dict) -> int | None:
-    """The typical shorter side of a fresh run's images, when its options leave the size and the
-    stem to them; a small one is said in a line, since it changes the defaults."""
-    from resnet.config import SMALL_IMAGE_SIDE, wants_image_defaults
-    from resnet.data import sample_image_files, typical_shorter_side
-
-    if not wants_image_defaults(overrides) or not overrides.get("data_dir"):
-        return None
-    sample = sample_image_files(os.path.expanduser(overrides["data_dir"]), overrides.get("labels"))
-    side = typical_shorter_side(sample)
-    if side is not None and side <= SMALL_IMAGE_SIDE:
-        print(f"images of about {side} px (the median shorter side of {len(sample)} sampled): the small-image "
-              f"stem, {max(32, side)} px and the small-image recipe (--image-size or --stem chooses otherwise)")
-    return side
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:

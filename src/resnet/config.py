@@ -433,3 +433,27 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     except ResnetError as error:
         raise ResnetError(f"resuming {run_dir}: {error}") from None
     return config
+
+
+def train_config(overrides: dict[str, Any], resume: str | os.PathLike | None = None) -> TrainConfig:
+    """The config of ``resnet train`` and ``resnet.train``: with ``resume``, that run's saved one
+    with the options that may change; else one resolved from ``overrides`` (None: not given) and,
+    when they leave the size and the stem to the images, the images' typical size."""
+    if resume is not None:
+        return resume_config(Path(resume), overrides)
+    return resolve_config(overrides, images_side(overrides))
+
+
+def images_side(overrides: dict[str, Any]) -> int | None:
+    """The typical shorter side of a fresh run's images, when its options leave the size and the
+    stem to them; a small one is said in a line, since it changes the defaults."""
+    from resnet.data import sample_image_files, typical_shorter_side
+
+    if not wants_image_defaults(overrides) or not overrides.get("data_dir"):
+        return None
+    sample = sample_image_files(os.path.expanduser(overrides["data_dir"]), overrides.get("labels"))
+    side = typical_shorter_side(sample)
+    if side is not None and side <= SMALL_IMAGE_SIDE:
+        print(f"images of about {side} px (the median shorter side of {len(sample)} sampled): the small-image "
+              f"stem, {max(32, side)} px and the small-image recipe (--image-size or --stem chooses otherwise)")
+    return side
