@@ -209,12 +209,18 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="default: next to the checkpoint, as <name>.onnx / <name>.torchscript.pt")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |exported - PyTorch| (default 1e-3)")
+    from resnet.quantize import add_int8_arguments
+
+    add_int8_arguments(p)
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     from resnet.export import export_checkpoint
+    from resnet.quantize import INT8_OPTIONS, run_int8_export
 
+    if args.int8 or any(getattr(args, name) is not None for name in INT8_OPTIONS):
+        return run_int8_export(args)
     result = export_checkpoint(args.checkpoint, args.format, args.out, args.tolerance)
     print(f"wrote {result['out']} ({args.format}, {result['bytes'] / 1e6:.1f} MB, {result['arch']}, "
           f"{result['classes']} classes, input (N, 3, {result['image_size']}, {result['image_size']}))")
