@@ -71,26 +71,47 @@ def run_list(args: argparse.Namespace) -> int:
 TRAIN_TYPES = {"str": str, "int": int, "float": float, "str | None": str, "int | None": int, "float | None": float}
 
 
-def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
+def learning_rate(text: str) -> float | str:
+    """--lr: a number, or ``auto`` (the range test's suggestion, found before the run)."""
+    if text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or auto, got {text!r}") from None
+
+
+def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """An option for each field of the run's config (its help, type and choices), but those in ``skip``."""
     from dataclasses import fields
 
     from resnet.config import TrainConfig
 
+    for f in fields(TrainConfig):
+        text = f.metadata["help"]
+        if f.name in skip:
+            continue
+        if f.type == "bool":
+            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif f.name == "arch":
+            p.add_argument(flag(f.name), choices=list_models(), default=None, help=text)
+        elif f.name == "lr":
+            p.add_argument(flag(f.name), type=learning_rate, default=None, metavar="LR",
+                           help=f"{text}; auto: the suggestion of a range test (resnet lr-find) run first, "
+                                "its plot in RUN_DIR/lr_find.png, the number in config.json")
+        else:
+            p.add_argument(flag(f.name), type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
+                           help=text, metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (defaults: the built-in petals dataset)",
         description="Train a ResNet. Every option overrides the recipe; an option not given keeps the "
                     "value of the recipe and the dataset's preset (see resnet.config). The resolved "
                     "config is saved as RUN_DIR/config.json.")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
-    for f in fields(TrainConfig):
-        text = f.metadata["help"]
-        if f.type == "bool":
-            p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif f.name == "arch":
-            p.add_argument(flag(f.name), choices=list_models(), default=None, help=text)
-        else:
-            p.add_argument(flag(f.name), type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
-                           help=text, metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
+    add_config_options(p)
     p.set_defaults(run=run_train)
 
 
@@ -101,12 +122,47 @@ def run_train(args: argparse.Namespace) -> int:
     from resnet.training import Interrupted, train
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
+    find_lr = overrides.get("lr") == "auto"
+    if find_lr:  # the recipe's lr until the range test's replaces it; a resumed run keeps the one it found
+        overrides["lr"] = None
     config = train_config(overrides, args.resume or None)
     try:
-        train(config, Path(args.resume) if args.resume else None)
+        train(config, Path(args.resume) if args.resume else None, find_lr=find_lr and not args.resume)
     except Interrupted as interrupted:
         print(f"resnet train: {interrupted}", file=sys.stderr)
         return interrupted.exit_status
+    return 0
+
+
+def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
+    from resnet.lrfind import END_LR, START_LR, STEPS
+
+    p = subparsers.add_parser(
+        "lr-find", help="the learning-rate range test: the loss against the lr, and a suggested lr",
+        description="The range test (Smith, 2017) as fastai's lr_find runs it: the run that the train options "
+                    "describe trains from its initial weights, with its step and data, while the lr grows "
+                    "exponentially from --start-lr to --end-lr over --steps steps, until the smoothed loss "
+                    "diverges (over 4 times its lowest) or is not finite. Writes DIR/lr_find.png (the smoothed "
+                    "loss against the lr, the suggestion marked) and DIR/lr_find.csv, and prints the suggested "
+                    "lr (fastai's valley rule); the model is thrown away. resnet train --lr auto runs it first.")
+    p.add_argument("--out", dest="find_out", required=True, metavar="DIR", help="where lr_find.png and lr_find.csv go")
+    p.add_argument("--steps", type=positive_int, default=STEPS,
+                   help=f"steps of the test, over as many epochs as they take (default {STEPS})")
+    p.add_argument("--start-lr", type=float, default=START_LR, metavar="LR",
+                   help=f"the first lr (default {START_LR:g})")
+    p.add_argument("--end-lr", type=float, default=END_LR, metavar="LR", help=f"the last lr (default {END_LR:g})")
+    add_config_options(p, skip=("lr", "out"))
+    p.set_defaults(run=run_lr_find)
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    from resnet.config import train_config
+    from resnet.lrfind import lr_find_command
+
+    overrides = {k: v for k, v in vars(args).items()
+                 if k not in ("command", "run", "find_out", "steps", "start_lr", "end_lr")}
+    config = train_config(overrides)
+    lr_find_command(config, args.find_out, args.steps, args.start_lr, args.end_lr)
     return 0
 
 
@@ -396,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
                 add_list_parser, add_summary_parser, add_bench_parser, add_explain_parser, add_serve_parser,
-                add_check_parser):
+                add_check_parser, add_lr_find_parser):
         add(subparsers)
     return parser
 

@@ -33,7 +33,8 @@ except ImportError:  # Windows: no flock; runs are not guarded against a second 
 
 LOCK_NAME = ".lock"
 CHECKPOINT = "last.pt"  # a run with this file can be resumed
-RUN_FILES = ("config.json", "best.pt", "metrics.csv", "curves.png", "summary.json")  # what a run writes
+RUN_FILES = ("config.json", "best.pt", "metrics.csv", "curves.png", "summary.json",  # what a run writes
+             "lr_find.png")  # --lr auto
 
 
 class ClaimRefused(ResnetError):

@@ -53,6 +53,7 @@ from resnet.evaluation import (
     top_k,
 )
 from resnet.hardware import PRECISION_NAMES, select_device, select_precision
+from resnet.lrfind import with_found_lr
 from resnet.mixing import BatchMixer, mix_generator
 from resnet.model import FlipTTA
 from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
@@ -166,13 +167,17 @@ def percent(share: float | None) -> str:
 # --- the run ----------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: Path | None = None) -> dict[str, Any]:
+def train(config: TrainConfig, resume: Path | None = None, find_lr: bool = False) -> dict[str, Any]:
     """Train as the config says; returns the run summary (also written to summary.json).
-    The run directory is claimed for the whole run, and SIGINT and SIGTERM stop it cleanly."""
+    The run directory is claimed for the whole run, and SIGINT and SIGTERM stop it cleanly.
+    ``find_lr`` (--lr auto): a fresh run trains at the lr a range test suggests, run first in
+    its directory (lr_find.png); config.json then records that lr, which a resume keeps."""
     topology = distributed.init_distributed(select_device(config.device).type)
     run_dir = None
     try:
         with StopSignals() as stop, claimed_run_dir(config, resume, topology) as run_dir:
+            if find_lr:
+                config = with_found_lr(config, run_dir.path, topology, stop.check)
             return Run(config, topology, run_dir.path, stop, resumed=resume is not None).fit()
     except Stopped as stopped:
         raise Interrupted.at_once(stopped, run_dir) from None
