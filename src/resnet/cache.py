@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from resnet.checkpoint import byte_size, free_bytes, write_atomic
 from resnet.data import ImageArrays, ImageFiles, Source, _ResizeToTensor, open_image, open_rgb, report_unreadable
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
+from resnet.progress import progress_bar
 from resnet.signals import leave_signals_to_the_main_process
 
 try:
@@ -190,9 +190,8 @@ def decoded_batches(paths: Sequence[Path], size: int, draft: bool, workers: int,
     loader = DataLoader(DecodeFiles(paths, size, draft), batch_size=DECODE_BATCH,
                         num_workers=workers if workers > 1 else 0, shuffle=False,
                         worker_init_fn=leave_signals_to_the_main_process)
-    bar = tqdm(total=len(paths), unit="img", desc=f"{progress}: decoding" if size else f"{progress}: checking",
-               disable=progress is None, file=sys.stderr, dynamic_ncols=True, leave=False,
-               mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = progress_bar(len(paths), f"{progress}: decoding" if size else f"{progress}: checking",
+                       wanted=progress is not None, unit="img", mininterval=0.5)
     start = 0
     try:
         for images, ok in loader:

@@ -30,7 +30,6 @@ import io
 import json
 import os
 import signal
-import sys
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -251,10 +250,9 @@ def in_processes(function: Callable, items: Iterable, workers: int, chunksize: i
 
 def inspect_all(paths: Sequence[str], workers: int, progress: bool) -> list[Facts]:
     """``inspect_file`` of every path, in order, by ``workers`` processes."""
-    from tqdm import tqdm
+    from resnet.progress import progress_bar
 
-    bar = tqdm(total=len(paths), unit="img", desc="resnet check: reading", disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, leave=False, mininterval=0.5 if sys.stderr.isatty() else 30)
+    bar = progress_bar(len(paths), "resnet check: reading", wanted=progress, unit="img", mininterval=0.5)
     facts: list[Facts] = []
     try:
         if workers <= 1 or len(paths) < 2:

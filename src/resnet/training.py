@@ -70,6 +70,7 @@ from resnet.sampling import (
     imbalance_ratio,
     labels_tensor,
 )
+from resnet.progress import progress_bar
 from resnet.signals import StopSignals, Stopped
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
 
@@ -331,8 +332,8 @@ class Run:
         self.epoch_start = time.perf_counter()
         images_at_start = state.images_seen
         loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.device)
-        bar = tqdm(total=len(batches), initial=state.step, desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                   disable=not self.main or self.config.quiet, leave=False, file=sys.stderr, dynamic_ncols=True)
+        bar = progress_bar(len(batches), f"epoch {epoch + 1}/{self.config.epochs}",
+                           wanted=self.main and not self.config.quiet, initial=state.step)
         for step, images, labels in self.epoch_inputs(epoch, batches):
             self.set_learning_rate(epoch, step)
             loss = self.step(*self.mixed(images, labels, epoch, step))  # labels stay the class indices
