@@ -17,6 +17,7 @@ from typing import Any
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
 from resnet.model import STEMS, list_models
+from resnet.trackers import tracker_names
 
 
 def option(default: Any, help: str) -> Any:
@@ -88,6 +89,8 @@ class TrainConfig:
                                     "rather than MixUp")
     select_metric: str = option("top1", "the validation score that chooses best.pt: top1 | macro_f1 | "
                                         "balanced_accuracy (mean per-class recall)")
+    patience: int = option(0, "early stopping: stop when --select-metric has not improved for N evaluations "
+                              "(0: off); the lr schedule stays the one of all --epochs")
     ema_decay: float = option(0.0, "per-step decay of an evaluated weight average (0: off)")
     tta: bool = option(True, "evaluate each image and its mirror image, averaging their logits")
     rotation: float = option(30.0, "random rotation, degrees either way")
@@ -107,6 +110,8 @@ class TrainConfig:
     seed: int = option(0, "seeds the initialization, the batches and the augmentation")
     out: str | None = option(None, "the run directory (default: runs/<dataset>-<arch>-<timestamp>)")
     quiet: bool = option(False, "one line per epoch instead of progress bars")
+    log: str = option("", "experiment trackers, comma-separated: tensorboard (RUN/tensorboard/) | mlflow "
+                          "(MLFLOW_TRACKING_URI's store, else RUN/mlflow.db)")
 
     def resolved_eval_image_size(self) -> int:
         # FixRes (Touvron et al., 2019): a random-resized crop keeping a fraction s of the
@@ -314,7 +319,7 @@ MAX_IMAGE_SIZE = 2048
 
 # Numeric fields and their allowed ranges: (lowest, highest, whether highest is allowed).
 AT_LEAST_ZERO = ("weight_decay", "warmup_epochs", "rotation", "color_jitter", "workers", "head_epochs", "eval_every",
-                 "mixup", "cutmix")
+                 "mixup", "cutmix", "patience")
 BELOW_ONE = ("momentum", "label_smoothing", "ema_decay")  # in [0, 1)
 PROBABILITIES = ("hflip", "vflip", "mix_prob", "mix_switch")  # in [0, 1]
 
@@ -349,6 +354,7 @@ def validate(config: TrainConfig) -> None:
                           f"({config.progressive_until}), got {config.progressive_from}")
     if config.backbone_lr_scale is not None and config.backbone_lr_scale < 0:
         raise ResnetError(f"--backbone-lr-scale must be at least 0, got {config.backbone_lr_scale}")
+    tracker_names(config.log)
 
 
 def check_types(config: TrainConfig) -> None:
@@ -406,7 +412,7 @@ def load_config(run_dir: Path) -> TrainConfig:
 # What may change when a run is resumed: how long it goes on, and where and how it runs,
 # but nothing that changes what it computes on the way (so a resumed run still ends
 # where an uninterrupted one with the same options does).
-RESUMABLE = ("epochs", "eval_every", "quiet", "device", "workers", "compile")
+RESUMABLE = ("epochs", "eval_every", "quiet", "device", "workers", "compile", "patience", "log")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:

@@ -72,6 +72,7 @@ from resnet.sampling import (
 )
 from resnet.progress import progress_bar
 from resnet.signals import StopSignals, Stopped
+from resnet.trackers import open_trackers
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
@@ -92,6 +93,12 @@ def best_row(history: list[dict], metric: str) -> dict | None:
     """The evaluated epoch whose weights best.pt holds: the first with the highest ``metric``."""
     scored = [row for row in evaluated(history) if row.get(metric) is not None]
     return max(scored, key=lambda row: row[metric], default=None)
+
+
+def evaluations_since_best(history: list[dict], metric: str) -> int:
+    """The evaluations after best.pt's epoch: those that did not beat it (--patience counts them)."""
+    best = best_row(history, metric)
+    return 0 if best is None else sum(row["epoch"] > best["epoch"] for row in evaluated(history))
 
 
 # --- run files -------------------------------------------------------------------------
@@ -203,6 +210,7 @@ class Run:
                               f"{topology.world_size} processes")
         # Read before the data: an unreadable checkpoint is reported before a long decode.
         self.checkpoint = load_resume_checkpoint(run_dir) if resumed else None
+        self.tracker = open_trackers(config.log, run_dir, self.main)  # a missing package: before the data too
         self.splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
                                   labels=config.labels)
         self.train_labels = labels_tensor(self.splits.train)
@@ -284,12 +292,22 @@ class Run:
         self.started = time.perf_counter()
         self.log_start()
         self.stop.check()
-        with self.stop.deferred():
-            while self.state.epoch < self.config.epochs:
-                trained = self.train_one_epoch()
-                evaluates = self.config.evaluates_after(self.state.epoch)
-                self.end_epoch(trained, self.validate(self.splits.eval, self.eval_data) if evaluates else None)
-        return self.finish()
+        self.tracker.start(self.config, self.state.history)
+        try:
+            with self.stop.deferred():
+                while self.state.epoch < self.config.epochs and not self.patience_spent():
+                    trained = self.train_one_epoch()
+                    evaluates = self.config.evaluates_after(self.state.epoch)
+                    self.end_epoch(trained, self.validate(self.splits.eval, self.eval_data) if evaluates else None)
+            if self.stopped_early():
+                self.log(self.early_stop_line())
+            summary = self.finish()
+        except BaseException as error:
+            killed = isinstance(error, (Interrupted, Stopped, KeyboardInterrupt))
+            self.tracker.finish(None, "KILLED" if killed else "FAILED")
+            raise
+        self.tracker.finish(summary)
+        return summary
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         config, world_size = self.config, self.topology.world_size
@@ -417,6 +435,7 @@ class Run:
             write_metrics_csv(state.history, self.run_dir / "metrics.csv")
             plot_curves(state.history, self.run_dir / "curves.png", f"{self.config.arch} on {self.config.dataset}")
             tqdm.write(self.epoch_line(row), file=sys.stdout)
+            self.tracker.log_epoch(row)
 
     def epoch_line(self, row: dict[str, Any]) -> str:
         line = f"epoch {row['epoch']:>3}/{self.config.epochs}  train loss {row['train_loss']:.4f}  "
@@ -469,6 +488,8 @@ class Run:
             "seconds": sum(row["seconds"] for row in history),
             "seconds_this_session": time.perf_counter() - self.started,
             "skipped_files": splits.skipped,
+            "stopped_early": self.stopped_early(),
+            "stopped_epoch": history[-1]["epoch"] if self.stopped_early() else None,
         }
 
     def score_test(self) -> dict[str, Any]:
@@ -486,6 +507,24 @@ class Run:
         test = self.validate(test_source, test_data if fast else None)
         return {"test_images": len(test_source), "test_top1": test["top1"], "test_top5": test["top5"],
                 "test_macro_f1": test["macro_f1"], "test_balanced_accuracy": test["balanced_accuracy"]}
+
+    # --- early stopping ---
+
+    def patience_spent(self) -> bool:
+        """Whether --patience evaluations have passed without a better score. Counted from the
+        history, which the checkpoint holds: a resumed run counts the evaluations before it."""
+        patience = self.config.patience
+        return patience > 0 and evaluations_since_best(self.state.history, self.config.select_metric) >= patience
+
+    def stopped_early(self) -> bool:
+        return self.state.epoch < self.config.epochs and self.patience_spent()
+
+    def early_stop_line(self) -> str:
+        metric, history = self.config.select_metric, self.state.history
+        best, since = best_row(history, metric), evaluations_since_best(history, metric)
+        return (f"stopped early after epoch {history[-1]['epoch']} of {self.config.epochs}: {METRIC_NAMES[metric]} "
+                f"has not improved for {since} evaluation{'s' * (since != 1)} (best {percent(best[metric])} at "
+                f"epoch {best['epoch']}, in best.pt)")
 
     # --- helpers ---
 
