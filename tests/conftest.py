@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import csv
 import os
 import socket
 import subprocess
@@ -31,6 +32,18 @@ def make_image_folder(root: Path, classes: list[str], per_class: int, size: tupl
             pixels[..., label % 3] = 230
             Image.fromarray(pixels).save(root / name / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    """18 generated images in 3 class folders (a, b, c): 15 train, 3 validate by the seeded split."""
+    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    """A run's metrics.csv, one dict of strings per epoch."""
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
 
 
 TINY_CLASSES = ["cat", "dog", "fox"]

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import signal
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
+from conftest import read_metrics
 from resnet import training
 from resnet.cli import main
 from resnet.config import load_config, resolve_config, resume_config
@@ -24,16 +22,6 @@ from resnet.training import evaluations_since_best
 STUCK = ["--dataset", "imagefolder", "--epochs", "6", "--image-size", "32", "--batch-size", "4", "--workers", "0",
          "--precision", "fp32", "--quiet", "--freeze-backbone", "--lr", "1e-9", "--warmup-epochs", "0",
          "--eval-every", "1", "--patience", "2"]
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def test_evaluations_since_best_counts_those_after_the_first_best():

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import make_image_folder
+from conftest import read_metrics
 from resnet import progress
 from resnet.cli import main
 from resnet.config import resolve_config
@@ -21,16 +19,6 @@ from resnet.trackers import MLflowTracker, Tracker, Trackers, tracker_names
 
 TINY = ["--dataset", "imagefolder", "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--precision", "fp32", "--quiet"]
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 def one_line_error(capsys) -> str:
