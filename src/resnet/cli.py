@@ -170,7 +170,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="score a checkpoint: loss, top-1/5, macro-F1, balanced accuracy, per-class scores, confusion",
         description="Evaluate a checkpoint (or a run directory's best.pt) on the dataset and split it was "
-                    "trained on, or on another one. Writes confusion_matrix.png and per_class.csv.")
+                    "trained on, or on another one. Writes confusion_matrix.png, per_class.csv, "
+                    "reliability.png (calibration: accuracy against confidence) and coverage.png "
+                    "(accuracy against the share of images answered, as --min-confidence rises).")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
     p.add_argument("--dataset", choices=CHOICES["dataset"], default=None,
                    help="default: the checkpoint's dataset")
@@ -192,6 +194,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
     p.add_argument("--mistakes", type=nonnegative_int, default=16, metavar="N",
                    help="show the N most confident mistakes in mistakes.png (default 16; 0: no PNG)")
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="also report the coverage (the share of images whose top probability is at least P) "
+                        "and the top-1 accuracy on them; coverage.png shows every P")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_eval)
 
@@ -203,8 +208,43 @@ def run_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
                                  args.device, args.batch_size, args.workers, args.image_size, args.tta,
-                                 args.mistakes)
+                                 args.mistakes, args.min_confidence)
     print(json.dumps(result) if args.json else format_eval(result))
+    return 0
+
+
+def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "calibrate", help="fit a temperature on held-out images, so that probabilities mean what they say",
+        description="Temperature scaling (Guo et al., 2017): fit one T > 0 that minimizes the NLL of "
+                    "softmax(logits / T) on the run's evaluation images (never the test split), and store it "
+                    "in best.pt, last.pt and config.json. Rankings do not change; resnet eval, predict, "
+                    "serve and export then give the calibrated probabilities. Prints ECE before and after.")
+    p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT",
+                   help="a run directory (its best.pt and last.pt) or one checkpoint file")
+    p.add_argument("--subset", choices=("eval", "val", "train", "test", "all"), default="eval",
+                   help="the images to fit on: eval (or val), the run's held-out validation images; "
+                        "test, train and all are refused")
+    p.add_argument("--dataset", choices=CHOICES["dataset"], default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
+    p.add_argument("--split", choices=CHOICES["split"], default=None,
+                   help="flowers102 split scheme; default: the checkpoint's")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=nonnegative_int, default=None,
+                   help="image decoding processes (default: one per CPU this process may use)")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from resnet.calibrate import calibrate_run, format_calibration
+
+    result = calibrate_run(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.device,
+                           args.batch_size, args.workers)
+    print(json.dumps(result) if args.json else format_calibration(result))
     return 0
 
 
@@ -221,6 +261,9 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,class,probability")
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    p.add_argument("--min-confidence", type=float, default=None, metavar="P",
+                   help="answer unknown for an image whose top probability is below P (the top classes are "
+                        "still shown); resnet eval --min-confidence P says how many that leaves unknown")
     p.set_defaults(run=run_predict)
 
 
@@ -230,15 +273,19 @@ def run_predict(args: argparse.Namespace) -> int:
 
     from resnet.evaluation import load_model_from_checkpoint
     from resnet.hardware import select_device
-    from resnet.prediction import CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
+    from resnet.calibrate import check_min_confidence
+    from resnet.prediction import ANSWER_COLUMNS, CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
 
+    check_min_confidence(args.min_confidence)
     model, checkpoint = load_model_from_checkpoint(args.checkpoint)
     device = select_device(args.device)
-    writer = csv.DictWriter(sys.stdout, fieldnames=CSV_COLUMNS, lineterminator="\n") if args.csv else None
+    columns = CSV_COLUMNS + (ANSWER_COLUMNS if args.min_confidence is not None else ())
+    writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n") if args.csv else None
     if writer:
         writer.writeheader()
     results, errors = [], []
-    for prediction in predict_files(model, checkpoint, args.inputs, args.top_k, args.batch_size, device):
+    for prediction in predict_files(model, checkpoint, args.inputs, args.top_k, args.batch_size, device,
+                                    args.min_confidence):
         if prediction.error is not None:
             errors.append({"path": prediction.path, "error": prediction.error})
             print(f"resnet predict: {prediction.path}: {prediction.error}", file=sys.stderr)
@@ -250,8 +297,9 @@ def run_predict(args: argparse.Namespace) -> int:
             print(format_text(prediction))
         sys.stdout.flush()
     if args.json:
-        print(json.dumps({"checkpoint": checkpoint["path"], "predictions": results, "failed": len(errors),
-                          "errors": errors}))
+        threshold = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
+        print(json.dumps({"checkpoint": checkpoint["path"], "temperature": checkpoint["temperature"], **threshold,
+                          "predictions": results, "failed": len(errors), "errors": errors}))
     return 1 if errors else 0
 
 
@@ -450,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="resnet", description="Train and use ResNet image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (add_train_parser, add_eval_parser, add_predict_parser, add_export_parser,
+    for add in (add_train_parser, add_eval_parser, add_calibrate_parser, add_predict_parser, add_export_parser,
                 add_list_parser, add_summary_parser, add_bench_parser, add_explain_parser, add_serve_parser,
                 add_check_parser, add_lr_find_parser):
         add(subparsers)

@@ -399,14 +399,19 @@ def check_image_sizes(config: TrainConfig) -> None:
 
 def load_config(run_dir: Path) -> TrainConfig:
     """A run's saved config.json; an unreadable or invalid file is a one-line error naming it."""
-    path = Path(run_dir) / "config.json"
+    return TrainConfig.from_dict(read_config_values(Path(run_dir) / "config.json"))
+
+
+def read_config_values(path: Path) -> dict[str, Any]:
+    """The JSON object of a config.json as it is (keys beside the options included, such as
+    ``resnet calibrate``'s temperature); an unreadable file is a one-line error naming it."""
     try:
         values = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ResnetError(f"{path} is not a readable config ({type(error).__name__}: {error})") from None
     if not isinstance(values, dict):
         raise ResnetError(f"{path} does not hold a config (a JSON object of options)")
-    return TrainConfig.from_dict(values)
+    return values
 
 
 # What may change when a run is resumed: how long it goes on, and where and how it runs,

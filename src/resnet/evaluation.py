@@ -23,6 +23,7 @@ from torch import nn
 
 from resnet import augment, distributed
 from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
+from resnet.calibrate import temperature_of
 from resnet.checkpoint import load_checkpoint
 from resnet.config import MAX_IMAGE_SIZE, TrainConfig
 from resnet.cache import DecodedImages, decode, readable_parts
@@ -51,7 +52,8 @@ def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None)
     """The model of a training checkpoint (or run directory), in eval mode on the CPU.
 
     Returns ``(model, checkpoint)``; ``checkpoint["path"]`` is the file that was read and
-    ``checkpoint["normalization"]`` is always filled in. When the run evaluated with
+    ``checkpoint["normalization"]`` and ``checkpoint["temperature"]`` (``resnet calibrate``'s;
+    1 when the run was not calibrated) are always filled in. When the run evaluated with
     flip TTA (or ``tta`` says so), the model is wrapped in ``FlipTTA``, so that eval,
     predict and export give what training reported. A missing, corrupt or foreign
     file, or weights of another architecture, is a one-line ``ResnetError``.
@@ -90,6 +92,7 @@ def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None)
     checkpoint["normalization"] = normalization_of(checkpoint)
     checkpoint["weights_used"] = "ema" if use_ema else "model"
     checkpoint["tta"] = tta
+    checkpoint["temperature"] = temperature_of(checkpoint, str(file))
     return model, checkpoint
 
 
@@ -286,6 +289,8 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     ``mean_class_accuracy``), confusion matrix and per-class rows;
     also ``logits`` and ``labels`` per image, in the order of ``source``: the images scored,
     which are the given ones less those that cannot be read (warned of; with ``strict``, an error).
+    The logits are divided by ``checkpoint["temperature"]`` (when given), so that the loss and
+    every probability are the calibrated ones; the rankings do not depend on it.
 
     The images go through the training run's own evaluation path: decoded once at the
     checkpoint's image size (square resize), then normalized with its mean and std.
@@ -299,6 +304,7 @@ def evaluate(model: nn.Module, checkpoint: dict[str, Any], source: Source, devic
     logits, labels = predict_logits(model, batches, device, None)
     if not len(labels):
         raise ResnetError("there are no images to evaluate")
+    logits = logits / checkpoint.get("temperature", 1.0)
     classes = checkpoint["classes"]
     metrics = classification_metrics(logits, labels)
     confusion = confusion_matrix(logits.argmax(1), labels, len(classes))
@@ -324,16 +330,21 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
                         split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
                         device: str = "cpu", batch_size: int = 64, workers: int | None = None,
-                        image_size: int | None = None, tta: bool | None = None, mistakes: int = 16) -> dict[str, Any]:
+                        image_size: int | None = None, tta: bool | None = None, mistakes: int = 16,
+                        min_confidence: float | None = None) -> dict[str, Any]:
     """``resnet eval``: score a checkpoint, write the confusion-matrix PNG, per-class CSV,
-    most-confused pairs CSV and the PNG of the ``mistakes`` most confident mistakes.
+    most-confused pairs CSV, the PNG of the ``mistakes`` most confident mistakes, and the
+    reliability diagram and risk-coverage curve of its (calibrated) probabilities.
 
-    ``image_size`` and ``tta`` override the run's evaluation size and flip TTA.
+    ``image_size`` and ``tta`` override the run's evaluation size and flip TTA; with
+    ``min_confidence``, the coverage and accuracy of answering only at that confidence or above.
     """
+    from resnet.calibrate import check_min_confidence, confidence_views
     from resnet.plots import plot_confusion
 
     if image_size is not None and not 32 <= image_size <= MAX_IMAGE_SIZE:
         raise ResnetError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, got {image_size}")
+    check_min_confidence(min_confidence)
     model, checkpoint = load_model_from_checkpoint(path, tta)
     if image_size is not None:
         checkpoint["normalization"]["image_size"] = image_size
@@ -353,6 +364,8 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
                    f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")
     write_per_class_csv(result["per_class"], table)
     failures = write_failure_views(result, checkpoint["classes"], source, out_dir, mistakes)
+    confidence = confidence_views(result["logits"], result["labels"], out_dir, f"{where['dataset']} ({subset_name})",
+                                  checkpoint["temperature"], min_confidence)
     return {"checkpoint": checkpoint["path"], "arch": checkpoint["arch"], "weights": checkpoint["weights_used"],
             **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
             "image_size": checkpoint["normalization"]["image_size"], "tta": checkpoint["tta"],
@@ -360,7 +373,7 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
             "macro_f1": result["macro_f1"], "balanced_accuracy": result["balanced_accuracy"],
             "mean_class_accuracy": result["mean_class_accuracy"],
             "confusion_matrix_png": str(png), "per_class_csv": str(table), "per_class": result["per_class"],
-            **failures}
+            **failures, **confidence}
 
 
 def write_failure_views(result: dict[str, Any], classes: list[str], source: Source, out_dir: Path,
@@ -380,6 +393,7 @@ def write_failure_views(result: dict[str, Any], classes: list[str], source: Sour
 
 
 def format_eval(result: dict[str, Any]) -> str:
+    from resnet.calibrate import format_confidence
     from resnet.mistakes import format_pairs
 
     top5 = f"top-{top_k(result['classes'])}"
@@ -390,7 +404,9 @@ def format_eval(result: dict[str, Any]) -> str:
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
         f"balanced accuracy {100 * result['balanced_accuracy']:.2f}% (mean per-class recall)  "
         f"macro-F1 {100 * result['macro_f1']:.2f}%",
+        format_confidence(result),
         format_pairs(result["most_confused"]),
         f"wrote {result['confusion_matrix_png']}, {result['per_class_csv']}, "
-        f"{result['most_confused_csv']}" + (f" and {result['mistakes_png']}" if "mistakes_png" in result else ""),
+        f"{result['most_confused_csv']}" + (f", {result['mistakes_png']}" if "mistakes_png" in result else "")
+        + f", {result['reliability_png']} and {result['coverage_png']}",
     ])

@@ -119,7 +119,8 @@ def explain_image(model: nn.Module, checkpoint: dict[str, Any], path: str | os.P
         raise ResnetError(f"{path}: {describe_error(error, path)}") from None
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
     normalized = normalize(image[None].to(device))
-    top = rank_classes(model.eval().to(device), normalized, classes, len(classes))[0]
+    temperature = checkpoint.get("temperature", 1.0)  # resnet calibrate's, as resnet predict divides by it
+    top = rank_classes(model.eval().to(device), normalized, classes, len(classes), temperature)[0]
     target = classes[class_index(classes, class_name, classes.index(top[0][0]))]
     cam = grad_cam(model, normalized[0], classes.index(target), layer)
     return Explanation(str(path), top[:top_k], target, dict(top)[target], cam, overlay(image, cam))

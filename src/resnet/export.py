@@ -1,10 +1,11 @@
 """``resnet export``: a checkpoint as ONNX or TorchScript, checked against PyTorch.
 
 The exported graph takes a normalized float32 batch ``(N, 3, S, S)`` (N is dynamic)
-and returns logits ``(N, num_classes)``. What a caller needs to use it travels inside
-the file: class names, mean, std, input size and the image preprocessing step by step
-(ONNX: ``metadata_props``, each value a JSON string; TorchScript: the extra file
-``resnet.json``). After writing, the file is
+and returns logits ``(N, num_classes)``, divided by the run's temperature when ``resnet
+calibrate`` fitted one (so their softmax is ``resnet predict``'s probabilities). What a
+caller needs to use it travels inside the file: class names, mean, std, input size, the
+temperature and the image preprocessing step by step (ONNX: ``metadata_props``, each value
+a JSON string; TorchScript: the extra file ``resnet.json``). After writing, the file is
 loaded back with its own runtime and compared with the PyTorch model on random input;
 the export fails if they differ by more than the tolerance.
 """
@@ -41,7 +42,10 @@ def export_metadata(checkpoint: dict[str, Any]) -> dict[str, Any]:
         "input": f"float32 (N, 3, {size}, {size}): RGB resized to {size}x{size}, scaled to [0, 1], "
                  "then (x - mean) / std per channel",
         "preprocessing": preprocessing_steps(size),
-        "output": "logits (N, num_classes); softmax gives probabilities",
+        "output": "logits (N, num_classes); softmax gives probabilities" if checkpoint.get("temperature", 1.0) == 1
+                  else "logits (N, num_classes), already divided by the temperature; softmax gives the calibrated "
+                       "probabilities",
+        "temperature": checkpoint.get("temperature", 1.0),  # resnet calibrate's (1: not calibrated)
         "resnet_version": __version__,
     }
 
@@ -137,6 +141,10 @@ def export_checkpoint(path: str | os.PathLike, fmt: str = "onnx", out: str | os.
     if fmt == "onnx":
         require_onnx()
     model, checkpoint = load_model_from_checkpoint(path)
+    if checkpoint["temperature"] != 1:  # inside the graph: its softmax is then what resnet predict gives
+        from resnet.calibrate import TemperatureScaled
+
+        model = TemperatureScaled(model, checkpoint["temperature"])
     if out is None:
         source = Path(checkpoint["path"])
         out = source.with_name(source.stem + SUFFIXES[fmt])

@@ -26,6 +26,12 @@ class Prediction:
     path: str
     top: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
     error: str | None = None  # why the file could not be read; ``top`` is then empty
+    unknown: bool | None = None  # the top probability is below --min-confidence (None: none given)
+
+    @property
+    def label(self) -> str:
+        """The answer: the top class, or ``unknown`` below the minimum confidence."""
+        return "unknown" if self.unknown else self.top[0][0]
 
 
 def image_files(inputs: Sequence[str | os.PathLike]) -> list[tuple[str, str | None]]:
@@ -52,13 +58,17 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
 
 
 def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence[str | os.PathLike], top_k: int = 5,
-                  batch_size: int = 32, device: torch.device | str = "cpu") -> Iterator[Prediction]:
-    """Predictions in input order, ``batch_size`` images in memory at a time."""
+                  batch_size: int = 32, device: torch.device | str = "cpu",
+                  min_confidence: float | None = None) -> Iterator[Prediction]:
+    """Predictions in input order, ``batch_size`` images in memory at a time, with the
+    checkpoint's temperature; with ``min_confidence``, each says whether it is ``unknown``."""
     from resnet.augment import Normalize
+    from resnet.calibrate import check_min_confidence
 
+    check_min_confidence(min_confidence)
     device = torch.device(device)
     norm = checkpoint["normalization"]
-    classes = checkpoint["classes"]
+    classes, temperature = checkpoint["classes"], checkpoint.get("temperature", 1.0)
     k = max(1, min(top_k, len(classes)))
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
     model.eval().to(device)
@@ -76,18 +86,26 @@ def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence
         if images:
             good = (p for p in chunk if p.error is None)
             batch = normalize(torch.stack(images).to(device))
-            for prediction, top in zip(good, rank_classes(model, batch, classes, k)):
+            for prediction, top in zip(good, rank_classes(model, batch, classes, k, temperature)):
                 prediction.top = top
+                prediction.unknown = None if min_confidence is None else below(top, min_confidence)
         yield from chunk
 
 
-def rank_classes(model: nn.Module, batch: torch.Tensor, classes: list[str], k: int) -> list[list[tuple[str, float]]]:
-    """The ``k`` most probable (class, probability) of each normalized image in ``batch``, best first."""
+def rank_classes(model: nn.Module, batch: torch.Tensor, classes: list[str], k: int,
+                 temperature: float = 1.0) -> list[list[tuple[str, float]]]:
+    """The ``k`` most probable (class, probability) of each normalized image in ``batch``, best
+    first: the softmax of the logits divided by ``temperature`` (``resnet calibrate``'s)."""
     with torch.no_grad():
         logits = model(batch).float()
-    probabilities, indices = logits.softmax(1).topk(k, dim=1)
+    probabilities, indices = (logits / temperature).softmax(1).topk(k, dim=1)
     return [[(classes[i], p) for i, p in zip(row_i, row_p)]
             for row_p, row_i in zip(probabilities.tolist(), indices.tolist())]
+
+
+def below(top: list[tuple[str, float]], min_confidence: float) -> bool:
+    """Whether the answer is ``unknown``: the top probability is under ``min_confidence``."""
+    return bool(top) and top[0][1] < min_confidence
 
 
 def describe_error(error: BaseException, path: str | os.PathLike | None = None) -> str:
@@ -102,16 +120,25 @@ def describe_error(error: BaseException, path: str | os.PathLike | None = None) 
 
 
 def format_text(prediction: Prediction) -> str:
-    return f"{prediction.path}: " + " | ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+    ranked = " | ".join(f"{name} {100 * p:.1f}%" for name, p in prediction.top)
+    return f"{prediction.path}: " + (f"unknown ({ranked})" if prediction.unknown else ranked)
 
 
 CSV_COLUMNS = ("path", "rank", "class", "probability")
+ANSWER_COLUMNS = ("label", "unknown")  # with --min-confidence: the answer, on every row of the image
 
 
 def csv_rows(prediction: Prediction) -> list[dict[str, Any]]:
-    return [{"path": prediction.path, "rank": rank, "class": name, "probability": f"{p:.6f}"}
+    answer = {} if prediction.unknown is None else {"label": prediction.label,
+                                                    "unknown": str(prediction.unknown).lower()}
+    return [{"path": prediction.path, "rank": rank, "class": name, "probability": f"{p:.6f}", **answer}
             for rank, (name, p) in enumerate(prediction.top, 1)]
 
 
 def as_json(prediction: Prediction) -> dict[str, Any]:
-    return {"path": prediction.path, "top": [{"class": name, "probability": p} for name, p in prediction.top]}
+    answer = {} if prediction.unknown is None else {
+        "label": prediction.label, "unknown": prediction.unknown, "top_class": prediction.top[0][0],
+        "top_probability": prediction.top[0][1]}
+    return {"path": prediction.path, **answer,
+            "top": [{"class": name, "probability": p} for name, p in prediction.top]}
+
