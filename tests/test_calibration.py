@@ -286,6 +286,23 @@ def test_min_confidence_outside_zero_to_one_is_refused(calibrated, tiny_run, cap
     assert "--min-confidence must be a probability in [0, 1]" in one_line_error(capsys, "predict")
 
 
+def test_the_app_answers_unknown_below_its_slider(tiny_run, calibrated):
+    pytest.importorskip("captum")
+    from resnet.app import classify, classify_outputs
+
+    model, checkpoint = load_model_from_checkpoint(calibrated)
+    path = str(tiny_run["data"] / "fox" / "1.png")
+    [plain] = classify(model, checkpoint, [path], with_cam=False)
+    expected = top_probabilities(calibrated, [Path(path)], FITTED)[0]
+    assert plain.top[0][1] == pytest.approx(expected.max().item(), abs=1e-5) and not plain.unknown
+    for with_cam in (True, False):
+        [unsure] = classify(model, checkpoint, [path], with_cam=with_cam, min_confidence=plain.top[0][1] + 1e-3)
+        assert unsure.unknown and [name for name, _ in unsure.top] == [name for name, _ in plain.top]
+        assert [p for _, p in unsure.top] == pytest.approx([p for _, p in plain.top], abs=1e-5)
+        label, _, _, messages = classify_outputs([unsure])
+        assert label.startswith(f"unknown ({plain.top[0][0]} ") and "unknown" in messages
+
+
 # --- a run that was never calibrated -------------------------------------------------------------
 
 

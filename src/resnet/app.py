@@ -85,7 +85,7 @@ def read_json(path: Path) -> dict[str, Any]:
 
 CONFIG_BRIEF = ("dataset", "arch", "weights", "epochs", "image_size", "eval_image_size", "batch_size", "optimizer",
                 "lr", "weight_decay", "label_smoothing", "ema_decay", "tta", "balance", "select_metric", "precision",
-                "seed")
+                "seed", "temperature")  # temperature: resnet calibrate's, kept beside the options
 # The scores a run records besides top-1 and top-5 (runs of older versions have none of them).
 CLASS_SCORES = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro-F1"))
 SCORE_NAMES = {"top1": "top-1", **dict(CLASS_SCORES)}
@@ -193,6 +193,7 @@ class Classified:
     probability: float | None = None
     overlay: np.ndarray | None = None
     error: str | None = None
+    unknown: bool = False  # the top probability is below the minimum confidence
 
 
 class ModelCache:
@@ -211,11 +212,13 @@ class ModelCache:
 
 
 def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class: str | None = None,
-             with_cam: bool = True) -> list[Classified]:
+             with_cam: bool = True, min_confidence: float = 0.0) -> list[Classified]:
     """Top-5 and (``with_cam``) the Grad-CAM overlay of ``cam_class`` (None: the top class)
-    for each file; a file that cannot be read or classified gets an ``error``, never an exception."""
+    for each file, ``unknown`` when the top probability is below ``min_confidence`` (as
+    ``resnet predict --min-confidence``); a file that cannot be read or classified gets an
+    ``error``, never an exception."""
     from resnet.explain import explain_image
-    from resnet.prediction import predict_files
+    from resnet.prediction import below, predict_files
 
     results = []
     for path in paths:
@@ -232,6 +235,7 @@ def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class
             result = Classified(name, error=text.splitlines()[0] if text else type(error).__name__)
         if result.error is not None:  # name the file as the user knows it, not by the server's temp path
             result.error = result.error.removeprefix(f"{path}: ").replace(str(path), name)
+        result.unknown = below(result.top, min_confidence)
         results.append(result)
     return results
 
@@ -266,13 +270,19 @@ def example_images(checkpoint: dict[str, Any], folder: Path, n: int = 4) -> list
 # --- the Gradio app --------------------------------------------------------------------------
 
 
-def classify_outputs(results: list[Classified]) -> tuple[dict[str, float] | None, list, list[list], str]:
-    """(label of the first good image, gallery, top-5 table, messages) for the page."""
+def classify_outputs(results: list[Classified]) -> tuple[dict[str, float] | str | None, list, list[list], str]:
+    """(label of the first good image, gallery, top-5 table, messages) for the page; an image
+    below the minimum confidence is labelled ``unknown``, its top class beside it."""
     good = [r for r in results if r.error is None]
-    label = dict(good[0].top) if good else None
-    gallery = [(r.overlay, f"{r.name}: {r.target} {100 * r.probability:.1f}%") for r in good if r.overlay is not None]
+    label: dict[str, float] | str | None = dict(good[0].top) if good else None
+    if good and good[0].unknown:
+        label = f"unknown ({good[0].top[0][0]} {100 * good[0].top[0][1]:.1f}%)"
+    gallery = [(r.overlay, f"{r.name}: {'unknown, ' if r.unknown else ''}{r.target} {100 * r.probability:.1f}%")
+               for r in good if r.overlay is not None]
     table = [[r.name, rank, name, round(100 * p, 2)] for r in good for rank, (name, p) in enumerate(r.top, 1)]
-    messages = [f"**{r.name}** could not be classified: {r.error}" for r in results if r.error is not None]
+    messages = [f"**{r.name}**: unknown, its top class {r.top[0][0]} has {100 * r.top[0][1]:.1f}%, below the "
+                "minimum confidence" for r in good if r.unknown]
+    messages += [f"**{r.name}** could not be classified: {r.error}" for r in results if r.error is not None]
     if not results:
         messages = ["Upload, drop or paste an image."]
     return label, gallery, table, "\n\n".join(messages)
@@ -309,6 +319,8 @@ def _classify_tab(gr, usable: list[str], models: ModelCache, folder: Path) -> No
             files = gr.File(file_count="multiple", label="images: upload or drop one or more", elem_id="files")
             pasted = gr.Image(type="filepath", sources=["upload", "clipboard"], label="or paste one", elem_id="pasted")
             target = gr.Dropdown([TOP_CLASS] + classes, value=TOP_CLASS, label="Grad-CAM for class")
+            minimum = gr.Slider(0, 1, value=0, step=0.01, elem_id="min-confidence",
+                                label="minimum confidence: below it the answer is unknown (0: off)")
             button = gr.Button("Classify", variant="primary", elem_id="classify")
         with gr.Column():
             messages = gr.Markdown(elem_id="messages")
@@ -319,18 +331,18 @@ def _classify_tab(gr, usable: list[str], models: ModelCache, folder: Path) -> No
     if examples:
         gr.Examples([[p] for p in examples], inputs=[pasted], label="examples from the evaluation set")
 
-    def run_classify(run_dir, uploaded, pasted_path, cam_class):
+    def run_classify(run_dir, uploaded, pasted_path, cam_class, min_confidence):
         paths = [str(p) for p in (uploaded or [])] + ([pasted_path] if pasted_path else [])
         model, checkpoint = models.get(run_dir)
         chosen = None if cam_class in (None, TOP_CLASS) or cam_class not in checkpoint["classes"] else cam_class
-        return classify_outputs(classify(model, checkpoint, paths, chosen))
+        return classify_outputs(classify(model, checkpoint, paths, chosen, min_confidence=float(min_confidence or 0)))
 
     def class_choices(run_dir):
         return gr.Dropdown(choices=[TOP_CLASS] + models.get(run_dir)[1]["classes"], value=TOP_CLASS)
 
-    inputs, outputs = [run, files, pasted, target], [label, gallery, table, messages]
+    inputs, outputs = [run, files, pasted, target, minimum], [label, gallery, table, messages]
     button.click(run_classify, inputs, outputs)
-    for trigger in (files.upload, pasted.change, target.change):
+    for trigger in (files.upload, pasted.change, target.change, minimum.release):
         trigger(run_classify, inputs, outputs)
     run.change(class_choices, [run], [target])
 
