@@ -116,18 +116,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from resnet.config import train_config
-    from resnet.training import Interrupted, train
+    from resnet.training import Interrupted, train_with_options
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
-    find_lr = overrides.get("lr") == "auto"
-    if find_lr:  # the recipe's lr until the range test's replaces it; a resumed run keeps the one it found
-        overrides["lr"] = None
-    config = train_config(overrides, args.resume or None)
     try:
-        train(config, Path(args.resume) if args.resume else None, find_lr=find_lr and not args.resume)
+        train_with_options(overrides, args.resume or None)
     except Interrupted as interrupted:
         print(f"resnet train: {interrupted}", file=sys.stderr)
         return interrupted.exit_status
@@ -271,36 +264,30 @@ def run_predict(args: argparse.Namespace) -> int:
     import csv
     import json
 
-    from resnet.evaluation import load_model_from_checkpoint
-    from resnet.hardware import select_device
-    from resnet.calibrate import check_min_confidence
-    from resnet.prediction import ANSWER_COLUMNS, CSV_COLUMNS, as_json, csv_rows, format_text, predict_files
+    from resnet.prediction import ANSWER_COLUMNS, CSV_COLUMNS, csv_rows, format_text, predict_checkpoint, \
+        prediction_report
 
-    check_min_confidence(args.min_confidence)
-    model, checkpoint = load_model_from_checkpoint(args.checkpoint)
-    device = select_device(args.device)
+    checkpoint, predictions = predict_checkpoint(args.checkpoint, args.inputs, args.top_k, args.batch_size,
+                                                 args.device, args.min_confidence)
     columns = CSV_COLUMNS + (ANSWER_COLUMNS if args.min_confidence is not None else ())
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n") if args.csv else None
     if writer:
         writer.writeheader()
-    results, errors = [], []
-    for prediction in predict_files(model, checkpoint, args.inputs, args.top_k, args.batch_size, device,
-                                    args.min_confidence):
+    kept, failed = [], 0  # --json prints them all at the end; the other outputs as they come
+    for prediction in predictions:
+        if args.json:
+            kept.append(prediction)
         if prediction.error is not None:
-            errors.append({"path": prediction.path, "error": prediction.error})
+            failed += 1
             print(f"resnet predict: {prediction.path}: {prediction.error}", file=sys.stderr)
-        elif args.json:
-            results.append(as_json(prediction))
         elif writer:
             writer.writerows(csv_rows(prediction))
-        else:
+        elif not args.json:
             print(format_text(prediction))
         sys.stdout.flush()
     if args.json:
-        threshold = {} if args.min_confidence is None else {"min_confidence": args.min_confidence}
-        print(json.dumps({"checkpoint": checkpoint["path"], "temperature": checkpoint["temperature"], **threshold,
-                          "predictions": results, "failed": len(errors), "errors": errors}))
-    return 1 if errors else 0
+        print(json.dumps(prediction_report(checkpoint, kept, args.min_confidence)))
+    return 1 if failed else 0
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> None:

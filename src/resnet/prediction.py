@@ -9,7 +9,7 @@ std. An unreadable file is reported on its own and the others are still predicte
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,3 +142,28 @@ def as_json(prediction: Prediction) -> dict[str, Any]:
     return {"path": prediction.path, **answer,
             "top": [{"class": name, "probability": p} for name, p in prediction.top]}
 
+
+def predict_checkpoint(path: str | os.PathLike, inputs: Sequence[str | os.PathLike], top_k: int = 5,
+                       batch_size: int = 32, device: str = "auto", min_confidence: float | None = None
+                       ) -> tuple[dict[str, Any], Iterator[Prediction]]:
+    """``resnet predict`` and ``resnet.predict``: the checkpoint (or a run directory's best.pt)
+    and its predictions of ``inputs``, made as they are needed."""
+    from resnet.calibrate import check_min_confidence
+    from resnet.evaluation import load_model_from_checkpoint
+    from resnet.hardware import select_device
+
+    check_min_confidence(min_confidence)  # before a checkpoint is read
+    model, checkpoint = load_model_from_checkpoint(path)
+    device = select_device(device)
+    return checkpoint, predict_files(model, checkpoint, inputs, top_k, batch_size, device, min_confidence)
+
+
+def prediction_report(checkpoint: dict[str, Any], predictions: Iterable[Prediction],
+                      min_confidence: float | None = None) -> dict[str, Any]:
+    """What ``resnet predict --json`` prints: the predictions, and the files that could not be read."""
+    predictions = list(predictions)
+    errors = [{"path": p.path, "error": p.error} for p in predictions if p.error is not None]
+    threshold = {} if min_confidence is None else {"min_confidence": min_confidence}
+    return {"checkpoint": checkpoint["path"], "temperature": checkpoint["temperature"], **threshold,
+            "predictions": [as_json(p) for p in predictions if p.error is None], "failed": len(errors),
+            "errors": errors}

@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -40,7 +41,7 @@ from resnet.checkpoint import (
     save_atomic,
     write_text_atomic,
 )
-from resnet.config import TrainConfig
+from resnet.config import TrainConfig, check_types, train_config
 from resnet.cache import DecodedImages, readable_parts
 from resnet.data import Source, classic_loader, load_splits
 from resnet.distributed import Topology, shard
@@ -191,6 +192,19 @@ def train(config: TrainConfig, resume: Path | None = None, find_lr: bool = False
         raise Interrupted.at_once(stopped, run_dir) from None
     finally:
         distributed.shutdown(topology)
+
+
+def train_with_options(options: dict[str, Any], resume: str | os.PathLike | None = None) -> dict[str, Any]:
+    """``resnet train`` and ``resnet.train``: the run that the options describe (None: not given;
+    ``lr`` may be ``auto``, the range test's suggestion), or the one ``resume`` continues, which
+    keeps the lr it found. Returns the run summary."""
+    find_lr = options.get("lr") == "auto"
+    if find_lr:  # the recipe's lr until the range test's replaces it
+        options = {**options, "lr": None}
+    # The command's parser gave every value its type; a Python caller may not have.
+    check_types(TrainConfig.from_dict({name: value for name, value in options.items() if value is not None}))
+    config = train_config(options, resume)
+    return train(config, Path(resume) if resume is not None else None, find_lr=find_lr and resume is None)
 
 
 class Run:
