@@ -1,5 +1,11 @@
-"""resnet: train and use ResNet image classifiers with PyTorch."""
+"""resnet: train and use ResNet image classifiers with PyTorch.
 
+``resnet.train``, ``resnet.evaluate`` and ``resnet.predict`` are the ``resnet`` commands as
+functions (resnet.api); the modules they run are resnet.training, resnet.evaluation and
+resnet.prediction, named so that importing them leaves these names to the functions.
+"""
+
+from resnet.api import EvalResult, PredictResult, TrainResult, evaluate, predict, train
 from resnet.model import (
     BasicBlock,
     Bottleneck,
@@ -19,8 +25,11 @@ __version__ = "0.1.0"
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "EvalResult",
     "FlipTTA",
+    "PredictResult",
     "ResNet",
+    "TrainResult",
     "get_model",
     "list_models",
     "resnet18",
@@ -28,4 +37,7 @@ __all__ = [
     "resnet50",
     "resnet101",
     "resnet152",
+    "evaluate",
+    "predict",
+    "train",
 ]

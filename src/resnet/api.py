@@ -1,0 +1,188 @@
+"""The Python API: ``resnet.train``, ``resnet.evaluate`` and ``resnet.predict``, the three commands
+as functions.
+
+Each takes the options of its command under their Python names (``--image-size`` is
+``image_size``) with the command's defaults, resolves them through the functions the command
+uses, and raises the ``ResnetError`` the command would print. The results read both as
+attributes and as items: ``result.final_top1 == result["final_top1"]``.
+
+The heavy modules (the data path, the plots, the training loop) are imported when a function
+is called, so that ``import resnet`` stays quick.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import inspect
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from resnet.errors import ResnetError
+
+if TYPE_CHECKING:
+    from resnet.config import TrainConfig
+
+PathLike = str | os.PathLike
+
+
+class Result(Mapping[str, Any]):
+    """A command's result: its values as items and as attributes."""
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        self._values = dict(values)
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values", {})  # absent while unpickling
+        if name in values:
+            return values[name]
+        raise AttributeError(f"{type(self).__name__} has no {name!r} (it has {', '.join(values)})")
+
+    def __dir__(self) -> list[str]:
+        return [*super().__dir__(), *self._values]
+
+    def __repr__(self) -> str:
+        # The scalars only: a history or a per-class table would drown them.
+        brief = ", ".join(f"{k}={v!r}" for k, v in self._values.items() if not isinstance(v, (list, dict)))
+        return f"{type(self).__name__}({brief})"
+
+
+class TrainResult(Result):
+    """A finished run: everything in its summary.json (``run_dir`` as a Path), ``history`` (the
+    rows of metrics.csv, empty cells as None) and ``config`` (the resolved TrainConfig)."""
+
+    run_dir: Path
+    final_top1: float
+    best_top1: float
+    history: list[dict[str, Any]]
+    config: TrainConfig
+
+
+class EvalResult(Result):
+    """What ``resnet eval --json`` prints: loss, top1, top5, macro_f1, balanced_accuracy,
+    per_class, most_confused, the files written, and where the images came from."""
+
+
+class PredictResult(Result):
+    """What ``resnet predict --json`` prints: ``checkpoint``, ``predictions`` (``path`` and ``top``,
+    the classes with their probabilities, best first), ``failed`` and ``errors`` (the files that
+    could not be read, with why)."""
+
+
+# --- train ---------------------------------------------------------------------------------
+
+
+def train(*, resume: PathLike | None = None, **options: Any) -> TrainResult:
+    """Train as ``resnet train`` does: ``options`` are its options (the fields of
+    ``resnet.config.TrainConfig``), each left to the recipe and the dataset's preset when not
+    given or None; ``resume`` continues the run directory of an interrupted run.
+
+    ``resnet.train(data_dir="photos", epochs=10)`` is ``resnet train --data-dir photos --epochs 10``;
+    ``lr="auto"`` is ``--lr auto``.
+    A stop signal (Ctrl-C) saves a checkpoint and raises ``resnet.training.Interrupted``.
+    """
+    from dataclasses import fields
+
+    from resnet.config import TrainConfig, load_config
+    from resnet.training import train_with_options
+
+    reject_unknown(options, [f.name for f in fields(TrainConfig)], "resnet.train")
+    given = {name: os.fspath(value) if isinstance(value, os.PathLike) else value
+             for name, value in options.items() if value is not None}
+    summary = train_with_options(given, resume)
+    run_dir = Path(summary["run_dir"])
+    return TrainResult({**summary, "run_dir": run_dir, "history": read_history(run_dir / "metrics.csv"),
+                        "config": load_config(run_dir)})  # as saved: with the lr that lr="auto" found
+
+
+INTEGER_COLUMNS = ("epoch", "train_size")
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.csv as numbers; an empty cell (an epoch not evaluated) is None."""
+    with open(path, newline="") as f:
+        return [{name: None if text in ("", None) else int(text) if name in INTEGER_COLUMNS else float(text)
+                 for name, text in row.items()} for row in csv.DictReader(f)]
+
+
+# --- evaluate and predict ---------------------------------------------------------------------
+
+
+def evaluate(run_or_checkpoint: PathLike, *, dataset: str | None = None, data_dir: PathLike | None = None,
+             split: str | None = None, subset: str = "eval", out: PathLike | None = None,
+             image_size: int | None = None, tta: bool | None = None, batch_size: int = 64,
+             workers: int | None = None, device: str = "auto", mistakes: int = 16,
+             min_confidence: float | None = None, **unknown: Any) -> EvalResult:
+    """Score a checkpoint (or a run directory's best.pt) as ``resnet eval`` does, writing its
+    PNGs and CSVs next to the checkpoint or in ``out``; the options are the command's."""
+    from resnet.evaluation import evaluate_checkpoint
+
+    reject_unknown(unknown, parameters(evaluate), "resnet.evaluate")
+    check_choice("split", split)  # the dataset, the subset and the device are checked where they are used
+    check_count("batch_size", batch_size, 1)
+    check_count("workers", workers, 0, allow_none=True)
+    check_count("mistakes", mistakes, 0)
+    check_count("image_size", image_size, 1, allow_none=True)
+    data_dir = os.fspath(data_dir) if data_dir is not None else None
+    return EvalResult(evaluate_checkpoint(run_or_checkpoint, dataset, data_dir, split, subset, out, device,
+                                          batch_size, workers, image_size, tta, mistakes, min_confidence))
+
+
+def predict(checkpoint: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5, batch_size: int = 32,
+            device: str = "auto", min_confidence: float | None = None, **unknown: Any) -> PredictResult:
+    """Classify image files (a directory: every image under it) as ``resnet predict`` does. A file
+    that cannot be read is listed in ``errors``, and the others are still predicted."""
+    from resnet.prediction import predict_checkpoint, prediction_report
+
+    reject_unknown(unknown, parameters(predict), "resnet.predict")
+    check_count("top_k", top_k, 1)
+    check_count("batch_size", batch_size, 1)
+    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    loaded, predictions = predict_checkpoint(checkpoint, inputs, top_k, batch_size, device,
+                                             min_confidence=min_confidence)
+    return PredictResult(prediction_report(loaded, predictions, min_confidence))
+
+
+# --- checking the options ------------------------------------------------------------------------
+
+
+def reject_unknown(given: Mapping[str, Any], known: Sequence[str], function: str) -> None:
+    """A name that is not an option is an error naming it and the closest option."""
+    for name in given:
+        if name not in known:
+            closest = difflib.get_close_matches(name, known, n=1, cutoff=0)
+            raise ResnetError(f"{function} has no option {name!r}" + (f"; did you mean {closest[0]!r}?" if closest
+                                                                      else ""))
+
+
+def parameters(function: Callable[..., Any]) -> list[str]:
+    return [name for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def check_choice(name: str, value: str | None) -> None:
+    """A choice the command's parser would refuse (None: not given), in the config's words."""
+    from resnet.config import CHOICES, flag
+
+    if value is not None and value not in CHOICES[name]:
+        raise ResnetError(f"{flag(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+
+
+def check_count(name: str, value: int | None, least: int, allow_none: bool = False) -> None:
+    from resnet.config import flag
+
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+        kind = "a positive integer" if least == 1 else "a non-negative integer"
+        raise ResnetError(f"{flag(name)} must be {kind}, got {value!r}")
