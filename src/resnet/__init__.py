@@ -6,6 +6,7 @@ resnet.prediction, named so that importing them leaves these names to the functi
 """
 
 from resnet.api import EvalResult, PredictResult, TrainResult, evaluate, predict, train
+from resnet.errors import ResnetError
 from resnet.model import (
     BasicBlock,
     Bottleneck,
@@ -29,6 +30,7 @@ __all__ = [
     "FlipTTA",
     "PredictResult",
     "ResNet",
+    "ResnetError",
     "TrainResult",
     "get_model",
     "list_models",
