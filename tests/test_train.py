@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import signal
@@ -17,7 +16,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
-from conftest import make_image_folder
+from conftest import make_image_folder, read_metrics
 from resnet import augment, optim, sampling, training as train_module
 from resnet.checkpoint import load_checkpoint, save_atomic
 from resnet.cli import main
@@ -33,16 +32,6 @@ from resnet.step import build_model
 
 TINY = ["--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
         "--quiet", "--arch", "resnet18"]
-
-
-@pytest.fixture
-def folder(tmp_path) -> Path:
-    return make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=6)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    with open(run_dir / "metrics.csv") as f:
-        return list(csv.DictReader(f))
 
 
 # --- the tutorial's recipe ------------------------------------------------------------
