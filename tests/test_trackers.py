@@ -177,3 +177,10 @@ def test_a_check_report_in_a_file_has_no_progress_bar(folder, capsys):
     main(["check", str(folder), "--workers", "1"])
     captured = capsys.readouterr()
     assert "\r" not in captured.err and "class" in captured.out
+
+
+def test_an_lr_find_log_in_a_file_has_no_progress_bar(folder, tmp_path, capsys):
+    args = [a for a in TINY if a not in ("--quiet",)]
+    assert main(["lr-find", *args, "--data-dir", str(folder), "--steps", "5", "--out", str(tmp_path / "lr")]) == 0
+    captured = capsys.readouterr()
+    assert "\r" not in captured.err and "suggested lr:" in captured.out

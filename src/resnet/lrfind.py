@@ -17,14 +17,12 @@ import csv
 import io
 import itertools
 import math
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from resnet import augment
 from resnet.config import TrainConfig
@@ -35,6 +33,7 @@ from resnet.hardware import select_device, select_precision
 from resnet.mixing import BatchMixer, mix_generator
 from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate
 from resnet.pipeline import FastTrainBatches, RunData, augment_spec, load_run_data
+from resnet.progress import progress_bar
 from resnet.sampling import balanced_epoch_batches, class_weights, epoch_batches, generator_for, labels_tensor
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
 
@@ -162,8 +161,7 @@ def range_test(step: TrainStep, config: TrainConfig, inputs: Iterator[tuple[torc
                lrs: list[float], progress: bool = True) -> RangeTest:
     """A step at each lr of ``lrs``, until the smoothed loss diverges or is not finite."""
     test, average, lowest = RangeTest(len(lrs)), 0.0, math.inf
-    bar = tqdm(total=len(lrs), desc="lr-find", disable=not progress, leave=False, file=sys.stderr,
-               dynamic_ncols=True)
+    bar = progress_bar(len(lrs), "lr-find", wanted=progress)
     for i, (lr, (images, labels)) in enumerate(zip(lrs, inputs)):
         for group in step.optimizer.param_groups:  # as a run's first epoch sets them (a head trained alone)
             group["lr"] = group_learning_rate(config, lr, group["head"], 0)
