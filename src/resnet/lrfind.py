@@ -34,7 +34,7 @@ from resnet.mixing import BatchMixer, mix_generator
 from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate
 from resnet.pipeline import FastTrainBatches, RunData, augment_spec, load_run_data
 from resnet.progress import progress_bar
-from resnet.sampling import balanced_epoch_batches, class_weights, epoch_batches, generator_for, labels_tensor
+from resnet.sampling import class_weights, generator_for, labels_tensor, run_epoch_batches
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
@@ -95,7 +95,8 @@ def find_lr(config: TrainConfig, steps: int = STEPS, start_lr: float = START_LR,
     splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
                          labels=config.labels)
     data = load_run_data(splits, config, Topology(), check_stop=check_stop)
-    check_batchnorm_can_train(config, run_batches(config, labels_tensor(data.splits.train), 0), len(data.splits.train))
+    check_batchnorm_can_train(config, run_epoch_batches(config, labels_tensor(data.splits.train), 0),
+                              len(data.splits.train))
     step = training_step(config, data.splits, device, dtype)
     inputs = training_inputs(config, data, device)
     try:
@@ -134,7 +135,7 @@ def training_inputs(config: TrainConfig, data: RunData, device: torch.device
     fast = FastTrainBatches(data.train, config, device) if data.train is not None else None
     mixer = BatchMixer.from_config(config, len(data.splits.classes))
     for epoch in itertools.count():
-        batches = run_batches(config, train_labels, epoch)
+        batches = run_epoch_batches(config, train_labels, epoch)
         if fast is not None:
             inputs = fast.epoch(batches, (generator_for(config.seed, epoch, step) for step in range(len(batches))),
                                 size)
@@ -148,13 +149,6 @@ def training_inputs(config: TrainConfig, data: RunData, device: torch.device
         finally:
             if hasattr(inputs, "close"):
                 inputs.close()  # the fast pipeline's prefetching thread
-
-
-def run_batches(config: TrainConfig, train_labels: torch.Tensor, epoch: int) -> list[torch.Tensor]:
-    """An epoch's batches of image indices, as a run in one process orders them."""
-    if config.balance == "sampler":
-        return balanced_epoch_batches(train_labels, config.batch_size, config.seed, epoch)
-    return epoch_batches(len(train_labels), config.batch_size, config.seed, epoch)
 
 
 def range_test(step: TrainStep, config: TrainConfig, inputs: Iterator[tuple[torch.Tensor, torch.Tensor]],

@@ -4,10 +4,15 @@ function of ``(seed, epoch)`` alone, the same on every rank and in a resumed run
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 
 from resnet.data import Source
+
+if TYPE_CHECKING:
+    from resnet.config import TrainConfig
 
 
 def generator_for(*keys: int) -> torch.Generator:
@@ -40,6 +45,15 @@ def balanced_epoch_batches(labels: torch.Tensor, batch_size: int, seed: int, epo
     within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
     within = torch.minimum(within, counts[classes] - 1)  # a product that rounded up to the count
     return cut_into_batches(by_class[starts[classes] + within], batch_size, world_size)
+
+
+def run_epoch_batches(config: TrainConfig, train_labels: torch.Tensor, epoch: int,
+                      world_size: int = 1) -> list[torch.Tensor]:
+    """The epoch's global batches as a run orders them: class-balanced under ``--balance sampler``,
+    else a seeded permutation of the training images."""
+    if config.balance == "sampler":
+        return balanced_epoch_batches(train_labels, config.batch_size, config.seed, epoch, world_size)
+    return epoch_batches(len(train_labels), config.batch_size, config.seed, epoch, world_size)
 
 
 def cut_into_batches(order: torch.Tensor, batch_size: int, world_size: int) -> list[torch.Tensor]:

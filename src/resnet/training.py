@@ -62,14 +62,13 @@ from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
 from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate, learning_rate
 from resnet.sampling import (
-    balanced_epoch_batches,
     class_count_line,
     class_weights,
-    epoch_batches,
     format_ratio,
     generator_for,
     imbalance_ratio,
     labels_tensor,
+    run_epoch_batches,
 )
 from resnet.progress import progress_bar
 from resnet.signals import StopSignals, Stopped
@@ -324,10 +323,7 @@ class Run:
         return summary
 
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
-        config, world_size = self.config, self.topology.world_size
-        if config.balance == "sampler":
-            return balanced_epoch_batches(self.train_labels, config.batch_size, config.seed, epoch, world_size)
-        return epoch_batches(len(self.splits.train), config.batch_size, config.seed, epoch, world_size)
+        return run_epoch_batches(self.config, self.train_labels, epoch, self.topology.world_size)
 
     def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
                      ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
