@@ -7,12 +7,22 @@ from resnet import BasicBlock, Bottleneck, ResNet, get_model, list_models
 from resnet.model import FlipTTA, resnet18
 
 EXPECTED_PARAMS = {
+    "resnet10": 5_418_792,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
     "resnet101": 44_549_160,
     "resnet152": 60_192_808,
 }
+
+
+def torchvision_model(name: str, **kwargs) -> torch.nn.Module:
+    """torchvision's model of that name; resnet10, which it does not name, from its own ResNet class."""
+    if name == "resnet10":
+        from torchvision.models.resnet import BasicBlock as TVBasicBlock, ResNet as TVResNet
+
+        return TVResNet(TVBasicBlock, [1, 1, 1, 1], **kwargs)
+    return getattr(torchvision.models, name)(**kwargs)
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -30,7 +40,7 @@ def test_registry_sorts_variants_by_depth_then_name(monkeypatch):
 
     for name in ("resnet50d", "resnet26", "resnet200"):
         monkeypatch.setitem(model._MODELS, name, resnet18)
-    assert list_models() == ["resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "resnet101", "resnet152",
+    assert list_models() == ["resnet10", "resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "resnet101", "resnet152",
                              "resnet200"]
 
 
@@ -42,7 +52,7 @@ def test_parameter_count(name):
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))
 def test_state_dict_loads_from_torchvision_and_outputs_match(name):
     torch.manual_seed(0)
-    reference = getattr(torchvision.models, name)(weights=None).eval()
+    reference = torchvision_model(name).eval()
     ours = get_model(name).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
     x = torch.randn(1, 3, 64, 64)
@@ -149,7 +159,7 @@ def test_reset_classifier():
 @pytest.mark.parametrize(
     "call,message",
     [
-        (lambda: get_model("resnet19"), "unknown model 'resnet19'; choose one of: resnet18, resnet34"),
+        (lambda: get_model("resnet19"), "unknown model 'resnet19'; choose one of: resnet10, resnet18, resnet34"),
         (lambda: get_model("resnet18", num_classes=0), "num_classes must be a positive int"),
         (lambda: get_model("resnet18", pooling="mean"), "pooling must be one of"),
         (lambda: ResNet(BasicBlock, [2, 2, 2]), "layers must be four positive ints"),

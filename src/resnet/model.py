@@ -295,6 +295,13 @@ def get_model(name: str, **kwargs: object) -> ResNet:
 
 
 @register_model
+def resnet10(*, num_classes: int = 1000, include_top: bool = True, **kwargs: object) -> ResNet:
+    """One BasicBlock a stage: resnet18's widths at about half its depth and cost, for small
+    images on a CPU budget (as MONAI's and timm's ResNet-10s)."""
+    return ResNet(BasicBlock, [1, 1, 1, 1], num_classes=num_classes, include_top=include_top, **kwargs)
+
+
+@register_model
 def resnet18(*, num_classes: int = 1000, include_top: bool = True, **kwargs: object) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes, include_top=include_top, **kwargs)
 
