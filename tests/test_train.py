@@ -128,6 +128,36 @@ def test_sampled_warps_follow_torchvisions_distributions():
     assert ratio.min() >= 3 / 4 - 1e-4 and ratio.max() <= 4 / 3 + 1e-4
 
 
+def test_pad_and_crop_shifts_by_whole_pixels():
+    # Each output is its input moved by (dx, dy), |dx|, |dy| <= padding, the uncovered border
+    # black: copied exactly, no blur; over many images every one of the 25 shifts occurs.
+    x = torch.rand(400, 3, 8, 8)
+    spec = augment.AugmentSpec(rotation=0, hflip=0, vflip=0, padding=2)
+    out = augment.augment_batch((x * 255).round().to(torch.uint8), spec, 8, torch.Generator().manual_seed(0))
+    source = (x * 255).round() / 255
+    padded = torch.nn.functional.pad(source, (2, 2, 2, 2))
+    seen = set()
+    for image, original in zip(out, padded):
+        shifts = [(dx, dy) for dx in range(5) for dy in range(5)
+                  if torch.allclose(image, original[:, dy:dy + 8, dx:dx + 8], atol=1e-6)]
+        assert len(shifts) >= 1
+        seen.add(shifts[0])
+    assert len(seen) == 25
+
+
+def test_pad_and_crop_in_both_pipelines_and_its_bounds():
+    config = resolve_config({"dataset": "flowers102", "image_size": 32, "crop_padding": 4})
+    assert augment_spec(config).padding == 4
+    assert config.resolved_eval_image_size() == 32  # shifted, not zoomed: no FixRes enlargement
+    steps = augment.classic_train_transform(augment_spec(config), 32).transforms
+    crop = next(step for step in steps if isinstance(step, T.RandomCrop))
+    assert crop.padding == 4 and not any(isinstance(step, T.RandomResizedCrop) for step in steps)
+    with pytest.raises(ResnetError, match=r"--crop-padding must be below half the smallest training crop \(32 px\)"):
+        resolve_config({"dataset": "flowers102", "image_size": 32, "crop_padding": 16})
+    with pytest.raises(ResnetError, match="--crop-padding must be at least 0"):
+        resolve_config({"dataset": "flowers102", "crop_padding": -1})
+
+
 def test_augment_batch_shapes_and_range():
     x = (images(4, 16) * 255).to(torch.uint8)
     out = augment.augment_batch(x, augment.AugmentSpec(color_jitter=0.3), 12, torch.Generator().manual_seed(0))

@@ -31,6 +31,7 @@ class AugmentSpec:
     hflip: float = 0.5  # probability of a horizontal flip
     vflip: float = 0.5  # probability of a vertical flip
     color_jitter: float = 0.0  # brightness, contrast and saturation factors ~ U(1 - j, 1 + j)
+    padding: int = 0  # RandomCrop(size, padding): whole pixel shifts in place of the resized crop
 
 
 # --- the tutorial's transforms (the classic per-image pipeline) ---------------
@@ -41,7 +42,10 @@ def classic_train_transform(spec: AugmentSpec, image_size: int, mean: tuple[floa
     steps: list = []
     if spec.rotation:
         steps.append(T.RandomRotation(spec.rotation))
-    steps.append(T.RandomResizedCrop((image_size, image_size), scale=spec.scale, ratio=spec.ratio))
+    if spec.padding:
+        steps += [T.Resize((image_size, image_size)), T.RandomCrop(image_size, padding=spec.padding)]
+    else:
+        steps.append(T.RandomResizedCrop((image_size, image_size), scale=spec.scale, ratio=spec.ratio))
     steps += [T.RandomHorizontalFlip(spec.hflip), T.RandomVerticalFlip(spec.vflip)]
     if spec.color_jitter:
         j = spec.color_jitter
@@ -84,15 +88,29 @@ def sample_crop_boxes(n: int, spec: AugmentSpec, generator: torch.Generator, att
     return torch.stack([x0 + w / 2, y0 + h / 2, w, h], 1)
 
 
-def sample_affine(n: int, spec: AugmentSpec, generator: torch.Generator) -> Tensor:
+def sample_shift_boxes(n: int, padding: int, size: int, generator: torch.Generator) -> Tensor:
+    """Pad-and-crop boxes, as (cx, cy, w, h) in units of the side: the whole image shifted by
+    k ~ U{-padding, ..., padding} pixels of a ``size``-pixel output on each axis. Whole pixels
+    put every output pixel's centre on an input pixel's, so the warp copies without blurring."""
+    shift = torch.randint(-padding, padding + 1, (n, 2), generator=generator).float() / size
+    return torch.cat([0.5 + shift, torch.ones(n, 2)], 1)
+
+
+def sample_affine(n: int, spec: AugmentSpec, generator: torch.Generator, size: int = 0) -> Tensor:
     """One 2x3 matrix per image mapping output coordinates to input coordinates.
 
     Coordinates are grid_sample's normalized [-1, 1]. The tutorial's order is
     rotate, then crop, then flip; as a map from output to input that is
     ``input = R (C f(output) + c)`` with f the flips, C the crop scale and c its centre.
+    ``size``, the output side, sets the pixel of ``spec.padding``'s shifts.
     """
     angle = torch.empty(n).uniform_(-spec.rotation, spec.rotation, generator=generator) * (math.pi / 180)
-    box = sample_crop_boxes(n, spec, generator)
+    if spec.padding:
+        if size < 1:
+            raise ValueError("pad-and-crop shifts need the output size")
+        box = sample_shift_boxes(n, spec.padding, size, generator)
+    else:
+        box = sample_crop_boxes(n, spec, generator)
     flips = torch.rand(n, 2, generator=generator)
     sx = torch.where(flips[:, 0] < spec.hflip, -1.0, 1.0)
     sy = torch.where(flips[:, 1] < spec.vflip, -1.0, 1.0)
@@ -139,8 +157,8 @@ class AugmentParams:
         return AugmentParams(self.theta[index], None if self.jitter is None else self.jitter[index])
 
 
-def sample_params(n: int, spec: AugmentSpec, generator: torch.Generator) -> AugmentParams:
-    theta = sample_affine(n, spec, generator)
+def sample_params(n: int, spec: AugmentSpec, generator: torch.Generator, size: int = 0) -> AugmentParams:
+    theta = sample_affine(n, spec, generator, size)
     jitter = None
     if spec.color_jitter:
         jitter = torch.empty(n, 3).uniform_(1 - spec.color_jitter, 1 + spec.color_jitter, generator=generator)
@@ -169,4 +187,4 @@ class Normalize(torch.nn.Module):
 
 def augment_batch(images: Tensor, spec: AugmentSpec, size: int, generator: torch.Generator) -> Tensor:
     """uint8 (N, 3, S, S) on any device -> augmented float in [0, 1], (N, 3, size, size)."""
-    return apply_augment(images, sample_params(images.shape[0], spec, generator), size)
+    return apply_augment(images, sample_params(images.shape[0], spec, generator, size), size)

@@ -95,6 +95,9 @@ class TrainConfig:
     tta: bool = option(True, "evaluate each image and its mirror image, averaging their logits")
     rotation: float = option(30.0, "random rotation, degrees either way")
     min_scale: float = option(0.25, "smallest area fraction of the random-resized crop")
+    crop_padding: int = option(0, "pad-and-crop instead of the random-resized crop, CIFAR's augmentation "
+                                  "(torchvision's RandomCrop(size, padding=P)): each training image shifted "
+                                  "by up to P pixels either way, the border black (0: off)")
     hflip: float = option(0.5, "probability of a horizontal flip")
     vflip: float = option(0.0, "probability of a vertical flip")
     color_jitter: float = option(0.2, "brightness, contrast and saturation jitter")
@@ -121,6 +124,8 @@ class TrainConfig:
         # at torchvision's 0.08 (benchmarks/results/flowers102-eval-sizes.md).
         if self.eval_image_size:
             return self.eval_image_size
+        if self.crop_padding:
+            return self.image_size  # shifted, not zoomed: objects keep their size
         a = self.min_scale
         mean_side = 1.0 if a >= 1 else 2 / 3 * (1 - a ** 1.5) / (1 - a)
         return round(self.image_size / mean_side)
@@ -319,7 +324,7 @@ MAX_IMAGE_SIZE = 2048
 
 # Numeric fields and their allowed ranges: (lowest, highest, whether highest is allowed).
 AT_LEAST_ZERO = ("weight_decay", "warmup_epochs", "rotation", "color_jitter", "workers", "head_epochs", "eval_every",
-                 "mixup", "cutmix", "patience")
+                 "mixup", "cutmix", "patience", "crop_padding")
 BELOW_ONE = ("momentum", "label_smoothing", "ema_decay")  # in [0, 1)
 PROBABILITIES = ("hflip", "vflip", "mix_prob", "mix_switch")  # in [0, 1]
 
@@ -395,6 +400,10 @@ def check_image_sizes(config: TrainConfig) -> None:
     if config.min_image_size is not None and not 32 <= config.min_image_size <= config.image_size:
         raise ResnetError(f"--min-image-size must be in [32, --image-size {config.image_size}], "
                           f"got {config.min_image_size}")
+    smallest = config.min_image_size or config.image_size
+    if 2 * config.crop_padding >= smallest:
+        raise ResnetError(f"--crop-padding must be below half the smallest training crop ({smallest} px), "
+                          f"got {config.crop_padding}")
 
 
 def load_config(run_dir: Path) -> TrainConfig:

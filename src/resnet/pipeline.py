@@ -31,7 +31,7 @@ PREFETCH_DEPTH = 2  # batches gathered ahead of the step
 
 def augment_spec(config: TrainConfig) -> AugmentSpec:
     return AugmentSpec(rotation=config.rotation, scale=(config.min_scale, 1.0), hflip=config.hflip,
-                       vflip=config.vflip, color_jitter=config.color_jitter)
+                       vflip=config.vflip, color_jitter=config.color_jitter, padding=config.crop_padding)
 
 
 # --- decoding a run's splits -----------------------------------------------------------------
@@ -122,7 +122,7 @@ class FastTrainBatches:
                   size: int, topology: Topology) -> tuple[torch.Tensor, torch.Tensor]:
         """The random draws are made for the whole global batch, so an image is augmented
         alike however many ranks share the batch."""
-        params = shard(augment.sample_params(len(batch), self.spec, generator), topology)
+        params = shard(augment.sample_params(len(batch), self.spec, generator, size), topology)
         images, labels = gathered
         images = augment.apply_augment(images.to(self.device, non_blocking=True), params, size)
         return self.normalize(images), labels.to(self.device, non_blocking=True)
