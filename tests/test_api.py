@@ -63,7 +63,7 @@ def api_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(printed):
         mp.setenv("RESNET_CACHE", str(root / "cache"))
         result = resnet.train(dataset="imagefolder", data_dir=data, epochs=1, batch_size=4, workers=0,
-                              precision="fp32", quiet=True, out=root / "run", image_size=None)
+                              precision="fp32", quiet=True, out=root / "run", image_size=None, device="cpu")
     return {"result": result, "printed": printed.getvalue(), "root": root}
 
 
@@ -92,7 +92,8 @@ def test_train_resolves_the_options_as_the_command_does(api_run):
     config = api_run["result"].config
     # Neither a size nor a stem given: 40 px images take the small-image defaults, said in a line.
     assert "images of about 40 px" in api_run["printed"]
-    assert (config.stem, config.image_size, config.epochs, config.batch_size) == ("small", 40, 1, 4)
+    assert (config.arch, config.stem, config.image_size, config.epochs, config.batch_size) == \
+        ("resnet10", "small-pool", 40, 1, 4)
     assert config.data_dir == str(api_run["root"] / "data")  # a Path is taken, stored absolute as the CLI does
 
 

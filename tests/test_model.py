@@ -40,8 +40,8 @@ def test_registry_sorts_variants_by_depth_then_name(monkeypatch):
 
     for name in ("resnet50d", "resnet26", "resnet200"):
         monkeypatch.setitem(model._MODELS, name, resnet18)
-    assert list_models() == ["resnet10", "resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "resnet101", "resnet152",
-                             "resnet200"]
+    assert list_models() == ["resnet10", "resnet18", "resnet26", "resnet34", "resnet50", "resnet50d", "resnet101",
+                             "resnet152", "resnet200"]
 
 
 @pytest.mark.parametrize("name", list(EXPECTED_PARAMS))

@@ -79,13 +79,30 @@ def resolved(data, *options):
 
 def test_small_images_get_the_small_image_defaults_and_say_so(small_run, tmp_path, capsys):
     code = main(["train", "--dataset", "imagefolder", "--data-dir", str(small_run["data"]), "--epochs", "1",
-                 "--out", str(tmp_path / "run"), "--quiet", "--workers", "0", "--precision", "fp32"])
+                 "--out", str(tmp_path / "run"), "--quiet", "--workers", "0", "--precision", "fp32",
+                 "--device", "cpu"])
     assert code == 0
-    assert "images of about 32 px" in capsys.readouterr().out
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("images of about"))
+    assert line == ("images of about 32 px on the shorter side: on a CPU, resnet10 with the small-pool stem at "
+                    "32 px, pad-and-crop 4 px, 1 epochs (with a GPU: resnet18, the small stem, 30 epochs) "
+                    "(--image-size or --stem chooses otherwise)")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (config["stem"], config["image_size"], config["eval_image_size"], config["min_image_size"]) == \
-        ("small", 32, 32, None)
+    chosen = ("arch", "stem", "image_size", "eval_image_size", "min_image_size", "crop_padding", "warmup_epochs")
+    assert [config[name] for name in chosen] == ["resnet10", "small-pool", 32, 32, None, 4, 0.3]
     assert config["epochs"] == 1  # an option given still wins over the small-image recipe
+
+
+def test_the_small_image_recipe_follows_the_device(small_run):
+    from resnet.config import images_side, resolve_config
+
+    overrides = {"dataset": "imagefolder", "data_dir": str(small_run["data"])}
+    side = images_side(overrides)
+    on_cpu, on_gpu = resolve_config(overrides, side, "cpu"), resolve_config(overrides, side, "cuda")
+    assert (on_cpu.arch, on_cpu.stem, on_cpu.epochs, on_cpu.lr) == ("resnet10", "small-pool", 4, 0.2)
+    assert (on_gpu.arch, on_gpu.stem, on_gpu.epochs, on_gpu.warmup_epochs) == ("resnet18", "small", 30, 2.0)
+    assert on_cpu.crop_padding == on_gpu.crop_padding == 4 and on_gpu.image_size == 32
+    given = resolve_config({**overrides, "arch": "resnet18"}, side, "cpu")
+    assert (given.arch, given.stem) == ("resnet18", "small-pool")  # an explicit --arch wins
 
 
 def test_large_images_keep_the_imagenet_defaults(tmp_path):
