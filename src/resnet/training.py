@@ -496,7 +496,7 @@ class Run:
             "best_macro_f1": best.get("macro_f1"),
             "best_balanced_accuracy": best.get("balanced_accuracy"),
             "seconds": sum(row["seconds"] for row in history),
-            "seconds_this_session": time.perf_counter() - self.started,
+            "seconds_this_process": time.perf_counter() - self.started,  # since this start or resume
             "skipped_files": splits.skipped,
             "stopped_early": self.stopped_early(),
             "stopped_epoch": history[-1]["epoch"] if self.stopped_early() else None,
