@@ -154,6 +154,9 @@ def test_pad_and_crop_in_both_pipelines_and_its_bounds():
     assert crop.padding == 4 and not any(isinstance(step, T.RandomResizedCrop) for step in steps)
     with pytest.raises(ResnetError, match=r"--crop-padding must be below half the smallest training crop \(32 px\)"):
         resolve_config({"dataset": "flowers102", "image_size": 32, "crop_padding": 16})
+    # --min-image-size 40 ramps from 32 px (multiples of --progressive-step 16): 16 is too much there.
+    with pytest.raises(ResnetError, match=r"smallest training crop \(32 px\), got 16"):
+        resolve_config({"dataset": "flowers102", "image_size": 64, "min_image_size": 40, "crop_padding": 16})
     with pytest.raises(ResnetError, match="--crop-padding must be at least 0"):
         resolve_config({"dataset": "flowers102", "crop_padding": -1})
 

@@ -170,6 +170,12 @@ class TrainConfig:
         smallest = max(32, self.min_image_size // step * step)  # the minimum rounded down to the step
         return list(range(smallest, self.image_size, step))
 
+    def smallest_train_size(self) -> int:
+        """The smallest crop the run trains at: the ramp's first, else the full size."""
+        ramping = self.min_image_size is not None and self.min_image_size < self.image_size
+        sizes = self.ramp_sizes() if ramping else []
+        return sizes[0] if sizes else self.image_size
+
     def evaluates_after(self, epoch: int) -> bool:
         """Whether 0-based ``epoch`` ends with an evaluation: every ``eval_every``-th does
         (none with 0), and the last always does, so a run's final score is never missing."""
@@ -409,7 +415,7 @@ def check_image_sizes(config: TrainConfig) -> None:
     if config.min_image_size is not None and not 32 <= config.min_image_size <= config.image_size:
         raise ResnetError(f"--min-image-size must be in [32, --image-size {config.image_size}], "
                           f"got {config.min_image_size}")
-    smallest = config.min_image_size or config.image_size
+    smallest = config.smallest_train_size()
     if 2 * config.crop_padding >= smallest:
         raise ResnetError(f"--crop-padding must be below half the smallest training crop ({smallest} px), "
                           f"got {config.crop_padding}")
