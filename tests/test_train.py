@@ -108,14 +108,14 @@ def test_quarter_turn_moves_known_pixels():
 
 def test_degenerate_spec_samples_the_identity():
     spec = augment.AugmentSpec(rotation=0, scale=(1, 1), ratio=(1, 1), hflip=0, vflip=0)
-    matrices = augment.sample_affine(16, spec, torch.Generator().manual_seed(0))
+    matrices = augment.sample_affine(16, spec, torch.Generator().manual_seed(0), 32)
     torch.testing.assert_close(matrices, theta([[1, 0, 0], [0, 1, 0]], n=16))
 
 
 def test_sampled_warps_follow_torchvisions_distributions():
     spec = augment.AugmentSpec(rotation=30, scale=(0.08, 1.0), hflip=0.5, vflip=0.5)
     n = 4000
-    m = augment.sample_affine(n, spec, torch.Generator().manual_seed(0))
+    m = augment.sample_affine(n, spec, torch.Generator().manual_seed(0), 32)
     linear = m[:, :, :2]
     area = linear.det().abs()  # |det| = crop area fraction (rotation and flips keep it)
     assert area.min() >= 0.08 - 1e-5 and area.max() <= 1 + 1e-5

@@ -96,7 +96,7 @@ def sample_shift_boxes(n: int, padding: int, size: int, generator: torch.Generat
     return torch.cat([0.5 + shift, torch.ones(n, 2)], 1)
 
 
-def sample_affine(n: int, spec: AugmentSpec, generator: torch.Generator, size: int = 0) -> Tensor:
+def sample_affine(n: int, spec: AugmentSpec, generator: torch.Generator, size: int) -> Tensor:
     """One 2x3 matrix per image mapping output coordinates to input coordinates.
 
     Coordinates are grid_sample's normalized [-1, 1]. The tutorial's order is
@@ -106,8 +106,6 @@ def sample_affine(n: int, spec: AugmentSpec, generator: torch.Generator, size: i
     """
     angle = torch.empty(n).uniform_(-spec.rotation, spec.rotation, generator=generator) * (math.pi / 180)
     if spec.padding:
-        if size < 1:
-            raise ValueError("pad-and-crop shifts need the output size")
         box = sample_shift_boxes(n, spec.padding, size, generator)
     else:
         box = sample_crop_boxes(n, spec, generator)
@@ -157,7 +155,7 @@ class AugmentParams:
         return AugmentParams(self.theta[index], None if self.jitter is None else self.jitter[index])
 
 
-def sample_params(n: int, spec: AugmentSpec, generator: torch.Generator, size: int = 0) -> AugmentParams:
+def sample_params(n: int, spec: AugmentSpec, generator: torch.Generator, size: int) -> AugmentParams:
     theta = sample_affine(n, spec, generator, size)
     jitter = None
     if spec.color_jitter:
