@@ -870,3 +870,27 @@ def test_imagenet_weights_offline_is_one_line(tmp_path, capsys, monkeypatch, fol
                  "--out", str(tmp_path / "run"), *TINY])
     assert code == 2
     assert "could not download torchvision's ImageNet weights for resnet18" in one_line_error(capsys)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+@pytest.mark.parametrize("steps_per_epoch", [1, 2, 3, 7])
+@pytest.mark.parametrize("warmup_epochs", [0.0, 0.1, 0.3, 0.5, 1.0, 1.7, 2.0, 5.0])
+@pytest.mark.parametrize("epochs", [1, 2, 3, 4, 10])
+def test_learning_rate_never_passes_its_peak_and_a_cosine_ends_at_zero(schedule, steps_per_epoch, warmup_epochs,
+                                                                         epochs):
+    config = resolve_config({"lr": 0.2, "warmup_epochs": warmup_epochs, "epochs": epochs, "schedule": schedule})
+    total = epochs * steps_per_epoch
+    lrs = [optim.learning_rate(config, step, steps_per_epoch) for step in range(total + 1)]
+    assert all(0 <= lr <= 0.2 * (1 + 1e-12) for lr in lrs), max(lrs)
+    if schedule == "cosine":
+        assert lrs[total] == pytest.approx(0.0, abs=1e-12)  # the schedule's end, after the last step
+        peak = max(range(total), key=lrs.__getitem__)
+        assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # only falls after its peak
+        assert lrs[total - 1] <= 0.1 + 1e-12 or total < 4  # the warm-up's cap: the second half decays
+    else:
+        assert lrs[-1] == 0.2 or warmup_epochs * steps_per_epoch > total
+
+
+def test_a_warm_up_of_a_fraction_of_a_step_starts_at_the_peak():
+    config = resolve_config({"lr": 0.2, "warmup_epochs": 0.3, "epochs": 4})
+    assert optim.learning_rate(config, 0, 1) == pytest.approx(0.2)

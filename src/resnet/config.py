@@ -76,7 +76,8 @@ class TrainConfig:
     momentum: float = option(0.9, "SGD momentum")
     nesterov: bool = option(True, "Nesterov momentum")
     weight_decay: float = option(5e-4, "on conv / linear weights only, never on BatchNorm or biases")
-    warmup_epochs: float = option(2.0, "linear learning-rate warmup, epochs")
+    warmup_epochs: float = option(2.0, "linear learning-rate warmup, epochs (with the cosine schedule at most half "
+                                              "the run)")
     schedule: str = option("cosine", "learning rate after warmup: cosine (to zero) | constant")
     label_smoothing: float = option(0.1, "cross-entropy label smoothing")
     mixup: float = option(0.0, "MixUp's alpha: a mixed batch blends each image and its label with the batch's "

@@ -61,13 +61,24 @@ def freeze_backbone_batchnorm(model: nn.Module) -> None:
             module.eval()
 
 
-def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
-    """Linear warmup from ~0, then cosine to 0 (or constant), as a function of the global step."""
+def warmup_steps(config: TrainConfig, steps_per_epoch: int) -> float:
+    """The warm-up's length in steps: ``warmup_epochs`` of them, but at most half the run under a
+    cosine schedule, so that a run shorter than its warm-up still decays to zero."""
     warmup = config.warmup_epochs * steps_per_epoch
+    if config.schedule == "cosine":
+        warmup = min(warmup, config.epochs * steps_per_epoch / 2)
+    return warmup
+
+
+def learning_rate(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Linear warmup from ~0 to the peak ``lr``, then cosine to 0 at the run's end (or constant),
+    as a function of the global step. The rate never exceeds the peak, also when the warm-up
+    is not a whole number of steps."""
+    warmup = warmup_steps(config, steps_per_epoch)
     if step < warmup:
-        return config.lr * (step + 1) / warmup
+        return config.lr * min(1.0, (step + 1) / warmup)
     if config.schedule == "constant":
         return config.lr
     total = config.epochs * steps_per_epoch
-    progress = (step - warmup) / max(1, total - warmup)
-    return config.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    progress = min(1.0, max(0.0, (step - warmup) / (total - warmup)))  # warmup < total: capped
+    return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
