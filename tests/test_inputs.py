@@ -253,6 +253,18 @@ def test_predict_reports_a_fifo_and_classifies_the_other_files(tiny_run, tmp_pat
                                           f"resnet predict: {link}: a FIFO, not a regular file"]
 
 
+def test_an_image_over_the_decompression_bomb_limit_is_a_warning_naming_it(tiny_run, tmp_path):
+    big = tmp_path / "big.png"
+    Image.new("RGB", (40, 40), "red").save(big)  # 1600 pixels: over a limit of 1000, under twice it (an error)
+    script = ("import sys; from PIL import Image; Image.MAX_IMAGE_PIXELS = 1000; from resnet.cli import main; "
+              "sys.exit(main(sys.argv[1:]))")
+    result = subprocess.run([sys.executable, "-c", script, "predict", str(tiny_run["ckpt"]), str(big), "--device",
+                             "cpu"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith(f"{big}: ")
+    assert result.stderr.splitlines() == [f"resnet predict: warning: {big}: 40x40 is 1,600 pixels, over PIL's "
+                                          "decompression-bomb limit of 1,000; reading it anyway"]
+
+
 def test_a_fifo_in_a_class_folder_is_reported_as_unreadable(folder):
     os.mkfifo(folder / "a" / "fifo.png")
     (folder / "b" / "link.png").symlink_to(folder / "a" / "fifo.png")

@@ -160,6 +160,18 @@ def test_integer_labels_are_sorted_as_numbers(tmp_path):
     assert splits.train.labels == [3, 2, 0, 1]
 
 
+def test_a_one_row_label_file_says_how_a_label_file_names_validation_images(tmp_path, capsys):
+    from resnet.cli import main
+
+    make_image_folder(tmp_path, ["cat"], per_class=1, size=(32, 32))
+    labels = write(tmp_path / "one_row.csv", "path,label", "cat/0,cat")
+    assert main(["train", "--labels", str(labels), "--image-size", "32", "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("resnet train: error: every class has a single image: nothing to hold out for validation; add "
+                   "images or list validation images in one_row.csv with split val (a split column)\n")
+    assert "DIR/train" not in err  # an image folder's way, not a label file's
+
+
 @pytest.mark.parametrize("content, problem", [
     (None, "cannot read the label file"),
     (b"path,label\nna\xefve.png,cat\n", "not UTF-8 text"),

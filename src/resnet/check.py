@@ -172,8 +172,10 @@ def inspect_file(path: str) -> Facts:
         return Facts(reason(error))
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            (width, height), mode, odd = image.size, image.mode, odd_modes(image, data)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # open_rgb says it, naming the file
+            with Image.open(io.BytesIO(data)) as image:
+                (width, height), mode, odd = image.size, image.mode, odd_modes(image, data)
         rgb = open_rgb(path, DRAFT_SIDE)
         phash, dhash = perceptual_hashes(rgb)
     except Exception as error:  # not an image, corrupt, truncated, a decompression bomb

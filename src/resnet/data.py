@@ -52,9 +52,19 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """``Image.open``, once ``path`` is known to be a regular file (``check_regular_file``)."""
+    """``Image.open``, once ``path`` is known to be a regular file (``check_regular_file``).
+    An image over PIL's decompression-bomb limit is a warning that names the file: PIL's own
+    says only the pixel count. Over twice the limit PIL refuses it (DecompressionBombError)."""
     check_regular_file(path)
-    return Image.open(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # said below, with the file's name
+        image = Image.open(path)
+    width, height = image.size
+    if Image.MAX_IMAGE_PIXELS and width * height > Image.MAX_IMAGE_PIXELS:  # PIL's test
+        warnings.warn(f"{printable(os.fsdecode(path))}: {width}x{height} is {width * height:,} pixels, over PIL's "
+                      f"decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,}; reading it anyway",
+                      Image.DecompressionBombWarning, stacklevel=2)
+    return image
 
 
 # What a path can be besides a regular file, by the test of its stat mode.
@@ -336,16 +346,18 @@ def report_unreadable(bad: Sequence[str], strict: bool) -> None:
     warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=3)
 
 
-def check_held_out(classes: list[str], samples: Samples, held_out: Samples, fraction: float) -> None:
-    """An error when nothing at all is held out for validation."""
+def check_held_out(classes: list[str], samples: Samples, held_out: Samples, fraction: float,
+                   elsewhere: str = "use DIR/train + DIR/val") -> None:
+    """An error when nothing at all is held out for validation; ``elsewhere`` says how the
+    source can name its validation images instead (an image folder's, a label file's way)."""
     if held_out:
         return
     counts = np.bincount([label for _, label in samples], minlength=len(classes))
     if counts.max() == 1:
-        raise ResnetError("every class has a single image: nothing to hold out for validation; "
-                          "add images or use DIR/train + DIR/val")
+        raise ResnetError(f"every class has a single image: nothing to hold out for validation; add images or "
+                          f"{elsewhere}")
     raise ResnetError(f"--val-fraction {fraction:g} holds out no image of any class (the largest has "
-                      f"{counts.max()}); raise it, add images, or use DIR/train + DIR/val")
+                      f"{counts.max()}); raise it, add images, or {elsewhere}")
 
 
 def warn_of_classes_without(classes: list[str], labels: Sequence[int], problem: str) -> None:
@@ -407,8 +419,10 @@ def typical_shorter_side(paths: Sequence[Path]) -> int | None:
     sides = []
     for path in paths:
         try:
-            with open_image(path) as image:
-                sides.append(min(image.size))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the decode says it, once
+                with open_image(path) as image:
+                    sides.append(min(image.size))
         except (OSError, ResnetError, ValueError, Image.DecompressionBombError):
             continue
     return int(np.median(sides)) if sides else None

@@ -98,7 +98,7 @@ def label_file_splits(labels: Path, data_dir: Path, val_fraction: float, seed: i
     rows = without_repeats(labels, read_rows(records, columns, data_dir, problems), problems)
     if columns.split is None:
         problems.raise_any()
-        return split_by_fraction(rows, val_fraction, seed)
+        return split_by_fraction(labels, rows, val_fraction, seed)
     return split_by_column(labels, rows, val_fraction, seed, problems)
 
 
@@ -314,14 +314,15 @@ def labelled(rows: list[Row], classes: list[str]) -> Samples:
     return [(Path(row.path), index[row.label]) for row in rows]
 
 
-def split_by_fraction(rows: list[Row], val_fraction: float, seed: int) -> DataSplits:
+def split_by_fraction(labels: Path, rows: list[Row], val_fraction: float, seed: int) -> DataSplits:
     """Each class split in a seeded order, ``val_fraction`` of it held out for validation."""
     if not 0 < val_fraction < 1:
         raise ResnetError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     classes = class_names(row.label for row in rows)
     samples = labelled(rows, classes)
     train, val = stratified_split(samples, val_fraction, seed)
-    check_held_out(classes, samples, val, val_fraction)
+    check_held_out(classes, samples, val, val_fraction,
+                   f"list validation images in {printable(labels.name)} with split val (a split column)")
     warn_of_classes_without(classes, [label for _, label in val],
                             "too few images to hold one out, so no validation image")
     return DataSplits(files(train), files(val), classes, eval_name="val")
@@ -345,7 +346,7 @@ def split_by_column(labels: Path, rows: list[Row], val_fraction: float, seed: in
     if not by_split["val"] and not by_split["test"]:
         warnings.warn(f"{labels}: every row has split train, so {val_fraction:g} of each class is held out for "
                       "validation (--val-fraction)", stacklevel=3)
-        return split_by_fraction(by_split["train"], val_fraction, seed)
+        return split_by_fraction(labels, by_split["train"], val_fraction, seed)
     evaluated = "val" if by_split["val"] else "test"
     test = files(labelled(by_split["test"], classes)) if evaluated == "val" and by_split["test"] else None
     return DataSplits(files(labelled(by_split["train"], classes)), files(labelled(by_split[evaluated], classes)),
