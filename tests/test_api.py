@@ -184,3 +184,20 @@ def test_bad_values_are_one_line_errors(tiny_run):
         resnet.predict(tiny_run["ckpt"], tiny_run["data"], top_k=-1)
     with pytest.raises(ResnetError, match="no checkpoint at .*missing.pt"):
         resnet.predict(tiny_run["root"] / "missing.pt", tiny_run["data"])
+
+
+def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
+    """The README's example on a small folder named as it names it: photos/, a.jpg and more/."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    example = readme.split("```python\n")[1].split("```")[0]
+    assert 'resnet.train(data_dir="photos"' in example
+    make_image_folder(tmp_path / "photos", ["cat", "dog"], per_class=4, size=(32, 32))
+    shutil.copy(tmp_path / "photos" / "cat" / "0.png", tmp_path / "a.jpg")
+    shutil.copytree(tmp_path / "photos" / "dog", tmp_path / "more")
+    monkeypatch.chdir(tmp_path)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(example, "README.md", "exec"), {})
+    config = json.loads(next((tmp_path / "runs").glob("*/config.json")).read_text())
+    assert (config["dataset"], config["data_dir"]) == ("imagefolder", str(tmp_path / "photos"))
+    assert config["epochs"] == 20

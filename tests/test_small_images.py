@@ -129,3 +129,50 @@ def test_a_label_files_images_are_sampled_too(small_run, tmp_path):
     labels.write_text("id,label\n" + "\n".join(rows) + "\n")
     sample = sample_image_files(small_run["data"], labels)
     assert len(sample) == len(rows) and typical_shorter_side(sample) == 32
+
+
+def test_a_label_file_alone_gets_the_small_image_defaults_as_with_its_folder(small_run, tmp_path, capsys):
+    from resnet.config import train_config
+
+    rows = [f"{path.relative_to(small_run['data'])},{path.parent.name}"
+            for path in sorted((small_run["data"] / "train").rglob("*.png"))]
+    labels = small_run["data"] / "labels.csv"
+    labels.write_text("path,label\n" + "\n".join(rows) + "\n")
+    alone = train_config({"labels": str(labels), "device": "cpu"})
+    with_folder = train_config({"labels": str(labels), "data_dir": str(small_run["data"]), "device": "cpu"})
+    assert capsys.readouterr().out.count("images of about 32 px") == 2
+    assert alone == with_folder
+    assert (alone.arch, alone.stem, alone.image_size, alone.dataset) == ("resnet10", "small-pool", 32, "imagefolder")
+
+
+# --- the data named is the data trained ----------------------------------------------------------
+
+
+def test_a_data_folder_alone_means_an_image_folder(small_run):
+    from resnet.config import resolve_config, train_config
+
+    assert resolve_config({"data_dir": str(small_run["data"])}).dataset == "imagefolder"
+    config = train_config({"data_dir": str(small_run["data"]), "device": "cpu"})
+    assert (config.dataset, config.data_dir, config.image_size) == ("imagefolder", str(small_run["data"]), 32)
+    assert resolve_config({}).dataset == "petals"
+
+
+def test_a_missing_data_folder_is_an_error_not_the_built_in_set(tmp_path, capsys):
+    code = main(["train", "--data-dir", str(tmp_path / "photos"), "--epochs", "1", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "photos is not a directory" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_built_in_set_refuses_a_data_folder(tmp_path):
+    from resnet.config import resolve_config
+
+    with pytest.raises(ResnetError, match="petals is built in"):
+        resolve_config({"dataset": "petals", "data_dir": str(tmp_path)})
+
+
+def test_the_python_api_trains_the_folder_it_is_given(tmp_path):
+    import resnet
+
+    with pytest.raises(ResnetError, match="is not a directory"):
+        resnet.train(data_dir=tmp_path / "photos", epochs=1, out=str(tmp_path / "run"))

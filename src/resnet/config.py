@@ -274,8 +274,11 @@ def wants_image_defaults(overrides: dict[str, Any]) -> bool:
 
 
 def dataset_of(overrides: dict[str, Any]) -> str:
-    """The dataset a run's options name: a label file alone means an image folder."""
-    return overrides.get("dataset") or ("imagefolder" if overrides.get("labels") else TrainConfig.dataset)
+    """The dataset a run's options name: a data folder or a label file alone means an image folder
+    (the built-in petals need neither)."""
+    if overrides.get("dataset"):
+        return overrides["dataset"]
+    return "imagefolder" if overrides.get("labels") or overrides.get("data_dir") else TrainConfig.dataset
 
 
 def small_image_preset(side: int, device_type: str = "cpu") -> dict[str, Any]:
@@ -309,9 +312,9 @@ def resolve_config(overrides: dict[str, Any], image_side: int | None = None, dev
     values.update(given)
     if recipe in PROGRESSIVE_RECIPES and "min_image_size" not in values:
         values["min_image_size"] = smallest_crop(values.get("image_size", TrainConfig.image_size))
+    values.setdefault("dataset", dataset)
     if values.get("labels"):
         values["labels"] = absolute(values["labels"])
-        values.setdefault("dataset", "imagefolder")
         values.setdefault("data_dir", os.path.dirname(values["labels"]))
     if values.get("data_dir"):
         # Stored absolute, so that the run's data is found from any working directory.
@@ -363,6 +366,9 @@ def validate(config: TrainConfig) -> None:
     check_ranges(config)
     if config.labels and config.dataset != "imagefolder":
         raise ResnetError(f"--labels reads an image folder; it cannot be used with --dataset {config.dataset}")
+    if config.data_dir and config.dataset == "petals":
+        raise ResnetError("--dataset petals is built in and reads no --data-dir; for your own images leave out "
+                          "--dataset petals (or give --dataset imagefolder)")
     if not 0 < config.min_scale <= 1:  # before the sizes: the evaluation size is derived from it
         raise ResnetError(f"--min-scale must be in (0, 1], got {config.min_scale}")
     check_image_sizes(config)
@@ -503,7 +509,9 @@ def images_side(overrides: dict[str, Any]) -> int | None:
     stem to them."""
     from resnet.data import sample_image_files, typical_shorter_side
 
-    if not wants_image_defaults(overrides) or not overrides.get("data_dir"):
+    labels = overrides.get("labels")
+    data_dir = overrides.get("data_dir") or (os.path.dirname(absolute(labels)) if labels else None)
+    if not wants_image_defaults(overrides) or not data_dir:
         return None
-    sample = sample_image_files(os.path.expanduser(overrides["data_dir"]), overrides.get("labels"))
+    sample = sample_image_files(os.path.expanduser(data_dir), labels)
     return typical_shorter_side(sample)
