@@ -130,6 +130,15 @@ def test_train_val_and_test_rows_validate_on_val_and_test_at_the_end(tmp_path):
     assert names(splits.train) == ["0.png", "1.png"] and splits.eval_name == "val"
     assert names(splits.eval) == ["2.png", "3.png"] and names(splits.test) == ["4.png", "5.png"]
     assert splits.test.labels == [0, 1]
+    assert not splits.eval_is_test
+
+
+def test_train_and_test_rows_alone_evaluate_on_the_test_split_and_say_so(tmp_path):
+    touch(tmp_path, *(f"{i}.png" for i in range(4)))
+    labels = write(tmp_path / "labels.csv", "path,label,split", "0.png,cat,train", "1.png,dog,train",
+                   "2.png,cat,test", "3.png,dog,test")
+    splits = splits_of(labels)
+    assert names(splits.eval) == ["2.png", "3.png"] and splits.test is None and splits.eval_is_test
 
 
 def test_only_train_rows_hold_out_a_share_with_a_warning(tmp_path):

@@ -84,7 +84,7 @@ def test_small_images_get_the_small_image_defaults_and_say_so(small_run, tmp_pat
     assert code == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("images of about"))
     assert line == ("images of about 32 px on the shorter side: on a CPU, resnet10 with the small-pool stem at "
-                    "32 px, pad-and-crop 4 px, 1 epochs (with a GPU: resnet18, the small stem, 30 epochs) "
+                    "32 px, pad-and-crop 4 px, 1 epoch (with a GPU: resnet18, the small stem, 30 epochs) "
                     "(--image-size or --stem chooses otherwise)")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     chosen = ("arch", "stem", "image_size", "eval_image_size", "min_image_size", "crop_padding", "warmup_epochs")
@@ -176,3 +176,17 @@ def test_the_python_api_trains_the_folder_it_is_given(tmp_path):
 
     with pytest.raises(ResnetError, match="is not a directory"):
         resnet.train(data_dir=tmp_path / "photos", epochs=1, out=str(tmp_path / "run"))
+
+
+def test_calibrate_refuses_a_run_that_evaluates_on_its_test_split(small_run, tmp_path, capsys):
+    import shutil
+
+    from resnet.checkpoint import load_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run["run"], run)  # trained on DIR/train, evaluated on DIR/test
+    assert main(["calibrate", str(run), "--workers", "0", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "evaluates on the test split" in err and "Traceback" not in err
+    assert all("temperature" not in load_checkpoint(run / name) for name in ("best.pt", "last.pt"))
+    assert "temperature" not in json.loads((run / "config.json").read_text())

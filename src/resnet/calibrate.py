@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from resnet.errors import ResnetError
+from resnet.words import plural
 
 ECE_BINS = 15  # Guo et al.'s choice, and the common one since
 # A held-out set that the model classifies all correctly with a margin keeps lowering its
@@ -251,7 +252,8 @@ def format_confidence(result: dict[str, Any]) -> str:
         accuracy = ("none answered" if result["covered_accuracy"] is None
                     else f"top-1 {100 * result['covered_accuracy']:.2f}% on them")
         lines.append(f"at --min-confidence {result['min_confidence']:g}: coverage {100 * result['coverage']:.1f}% "
-                     f"({answered} of {result['images']} images answered, {result['unknown']} unknown), {accuracy}")
+                     f"({answered} of {plural(result['images'], 'image')} answered, {result['unknown']} unknown), "
+                     f"{accuracy}")
     return "\n".join(lines)
 
 
@@ -265,6 +267,15 @@ def held_out_subset(subset: str) -> str:
     if subset in REFUSED:
         raise ResnetError(REFUSED[subset])
     raise ResnetError(f"unknown subset {subset!r}; a temperature is fitted on the evaluation split (eval)")
+
+
+def refuse_the_test_split(where: dict[str, Any]) -> None:
+    """A run without validation images evaluates on its test split, which must stay unseen."""
+    if where["subset"] == "test":
+        raise ResnetError(f"the run evaluates on the test split of {where['data_dir']}, and a temperature fitted on "
+                          "it would make every later test score optimistic; add validation images (a val/ folder "
+                          "beside train/ and test/, or label-file rows with split val), train again and calibrate "
+                          "that run, or give --data-dir a folder whose val/ images the model has not seen")
 
 
 def run_checkpoints(run: Path) -> list[Path]:
@@ -360,6 +371,7 @@ def calibrate_run(run: str | os.PathLike, dataset: str | None = None, data_dir: 
             model, checkpoint = load_model_from_checkpoint(file)
             if source is None:
                 source, _, _, where = eval_source(checkpoint, dataset, data_dir, split, subset)
+                refuse_the_test_split(where)
             fit = next((fit for other, fit in fitted if same_weights(model, other)), None)
             if fit is None:
                 strict = TrainConfig.from_dict(checkpoint.get("config") or {}).strict
@@ -385,16 +397,17 @@ def warn_if_undetermined(fit: dict[str, Any]) -> None:
         why = "the temperature reached its bound"
     else:
         return
-    warnings.warn(f"{Path(fit['checkpoint']).name}: the {fit['images']} held-out images cannot say how confident "
-                  f"the model should be ({why}); the temperature {fit['temperature']:.4g} is not to be trusted: "
-                  "calibrate on more held-out images", stacklevel=3)
+    warnings.warn(f"{Path(fit['checkpoint']).name}: {plural(fit['images'], 'held-out image')} cannot say how "
+                  f"confident the model should be ({why}); the temperature {fit['temperature']:.4g} is not to be "
+                  "trusted: calibrate on more held-out images", stacklevel=3)
 
 
 def format_calibration(result: dict[str, Any]) -> str:
     lines = []
     for fit in result["checkpoints"]:
-        lines.append(f"{fit['checkpoint']}: temperature {fit['temperature']:.4g} fitted on {fit['images']} "
-                     f"{fit['subset']} images of {fit['dataset']}; ECE {100 * fit['ece_before']:.2f}% -> "
+        lines.append(f"{fit['checkpoint']}: temperature {fit['temperature']:.4g} fitted on "
+                     f"{plural(fit['images'], fit['subset'] + ' image')} of {fit['dataset']}; "
+                     f"ECE {100 * fit['ece_before']:.2f}% -> "
                      f"{100 * fit['ece_after']:.2f}% ({fit['bins']} bins), NLL {fit['nll_before']:.4f} -> "
                      f"{fit['nll_after']:.4f}")
     stored = [Path(fit["checkpoint"]).name for fit in result["checkpoints"]]

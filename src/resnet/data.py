@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from resnet import petals
 from resnet.errors import ResnetError
 from resnet.signals import leave_signals_to_the_main_process
+from resnet.words import plural
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
 DATASETS = ("petals", "flowers102", "imagefolder")
@@ -157,6 +158,7 @@ class DataSplits:
     classes: list[str]
     test: Source | None = None
     eval_name: str = "eval"
+    eval_is_test: bool = False  # evaluated on the test split: no validation images to select or fit on
     skipped: list[str] = field(default_factory=list)  # unreadable files left out
 
 
@@ -289,7 +291,8 @@ def imagefolder_splits(root: Path, val_fraction: float, seed: int) -> DataSplits
                           f"{', '.join(VALIDATION_FOLDERS + TEST_FOLDERS)})")
     test = folders.get("test") if folders.get("val") else None
     return DataSplits(files(train_samples), files(samples_like(evaluated, classes)), classes,
-                      files(samples_like(test, classes)) if test else None, eval_name=evaluated.name)
+                      files(samples_like(test, classes)) if test else None, eval_name=evaluated.name,
+                      eval_is_test=evaluated is folders.get("test"))
 
 
 def files(samples: Samples) -> ImageFiles:
@@ -319,7 +322,8 @@ def samples_like(folder: Path, classes: list[str]) -> Samples:
     unknown = sorted(set(folder_classes) - set(classes))
     if unknown:
         shown = ", ".join(unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
-        raise ResnetError(f"{folder} has class folder(s) that the training folder does not: {shown}")
+        raise ResnetError(f"{folder} has {plural(len(unknown), 'class folder')} that the training folder does not: "
+                          f"{shown}")
     label_of = {name: classes.index(name) for name in folder_classes}
     return [(path, label_of[folder_classes[label]]) for path, label in samples]
 
@@ -342,8 +346,8 @@ def report_unreadable(bad: Sequence[str], strict: bool) -> None:
         return
     listing = ", ".join(sorted(bad))
     if strict:
-        raise ResnetError(f"{len(bad)} unreadable image(s): {listing}")
-    warnings.warn(f"skipping {len(bad)} unreadable image(s): {listing}", stacklevel=3)
+        raise ResnetError(f"{plural(len(bad), 'unreadable image')}: {listing}")
+    warnings.warn(f"skipping {plural(len(bad), 'unreadable image')}: {listing}", stacklevel=3)
 
 
 def check_held_out(classes: list[str], samples: Samples, held_out: Samples, fraction: float,
@@ -366,7 +370,8 @@ def warn_of_classes_without(classes: list[str], labels: Sequence[int], problem: 
     missing = [name for label, name in enumerate(classes) if label not in present]
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        warnings.warn(f"{len(missing)} class(es) have {problem}: {shown}", stacklevel=3)
+        warnings.warn(f"{plural(len(missing), 'class')} {'has' if len(missing) == 1 else 'have'} {problem}: {shown}",
+                      stacklevel=3)
 
 
 def stratified_split(samples: Samples, fraction: float, seed: int) -> tuple[Samples, Samples]:

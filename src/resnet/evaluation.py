@@ -24,7 +24,7 @@ from torch import nn
 from resnet import augment, distributed
 from resnet.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.calibrate import temperature_of
-from resnet.checkpoint import load_checkpoint
+from resnet.checkpoint import check_model_entries, load_checkpoint
 from resnet.config import MAX_IMAGE_SIZE, TrainConfig
 from resnet.cache import DecodedImages, decode, readable_parts
 from resnet.data import DATASETS, ImageArrays, ImageFiles, Source, classic_loader, load_splits, printable
@@ -33,6 +33,7 @@ from resnet.errors import ResnetError
 from resnet.hardware import autocast, select_device
 from resnet.model import STEMS, FlipTTA, get_model, list_models
 from resnet.weights import check_state_fits, strip_wrapper_prefixes
+from resnet.words import plural
 
 SUBSETS = ("eval", "test", "train", "all")
 
@@ -60,19 +61,13 @@ def load_model_from_checkpoint(path: str | os.PathLike, tta: bool | None = None)
     """
     file = checkpoint_file(path)
     checkpoint = load_checkpoint(file)
-    absent = [key for key in ("arch", "classes", "model") if key not in checkpoint]
-    if absent:
-        raise ResnetError(f"{file} is not a checkpoint written by resnet train (it has no {', '.join(absent)})")
+    check_model_entries(checkpoint, file)
     arch = checkpoint["arch"]
     if arch not in list_models():
         raise ResnetError(f"{file} names an unknown architecture {arch!r} (known: {', '.join(list_models())})")
-    classes = [str(name) for name in checkpoint["classes"]]
-    if not classes:
-        raise ResnetError(f"{file} has an empty class list")
+    classes = list(checkpoint["classes"])
     use_ema = checkpoint.get("ema") is not None
     state = checkpoint["ema"] if use_ema else checkpoint["model"]
-    if not isinstance(state, dict):
-        raise ResnetError(f"{file}: the {'ema' if use_ema else 'model'} entry is not a state_dict")
 
     config = TrainConfig.from_dict(checkpoint.get("config") or {})
     if config.stem not in STEMS:
@@ -134,7 +129,7 @@ def eval_source(checkpoint: dict[str, Any], dataset: str | None = None, data_dir
     if not parts:
         raise ResnetError(f"{dataset} (split {split}) has no test subset; use --subset eval")
     source = concatenate(parts)
-    name = splits.eval_name if subset == "eval" else subset
+    name = subset if subset != "eval" else "test" if splits.eval_is_test else splits.eval_name
     where = {"dataset": dataset, "data_dir": data_dir, "split": split, "subset": name}
     return relabel(source, splits.classes, checkpoint["classes"]), list(splits.classes), name, where
 
@@ -166,9 +161,9 @@ def relabel(source: Source, dataset_classes: list[str], model_classes: list[str]
     index = {name: i for i, name in enumerate(model_classes)}
     unknown = [name for name in dataset_classes if name not in index]
     if unknown:
-        raise ResnetError(f"the dataset has {len(unknown)} class(es) the checkpoint does not know, e.g. "
+        raise ResnetError(f"the dataset has {plural(len(unknown), 'class')} the checkpoint does not know, e.g. "
                           f"{', '.join(repr(u) for u in unknown[:3])} "
-                          f"(the checkpoint has {len(model_classes)} classes)")
+                          f"(the checkpoint has {plural(len(model_classes), 'class')})")
     mapping = np.array([index[name] for name in dataset_classes], dtype=np.int64)
     if isinstance(source, ImageFiles):
         return ImageFiles(source.paths, [int(mapping[label]) for label in source.labels])
@@ -399,7 +394,8 @@ def format_eval(result: dict[str, Any]) -> str:
     top5 = f"top-{top_k(result['classes'])}"
     return "\n".join([
         f"{result['arch']} ({result['weights']} weights) from {result['checkpoint']}",
-        f"{result['dataset']} {result['subset']}: {result['images']} images, {result['classes']} classes, "
+        f"{result['dataset']} {result['subset']}: {plural(result['images'], 'image')}, "
+        f"{plural(result['classes'], 'class')}, "
         f"at {result['image_size']} px{', with flip TTA' if result['tta'] else ''}",
         f"loss {result['loss']:.4f}  top-1 {100 * result['top1']:.2f}%  {top5} {100 * result['top5']:.2f}%  "
         f"balanced accuracy {100 * result['balanced_accuracy']:.2f}% (mean per-class recall)  "

@@ -31,6 +31,7 @@ from pathlib import Path
 from resnet.data import (IMAGE_EXTENSIONS, DataSplits, Samples, check_held_out, files, printable, stratified_split,
                          warn_of_classes_without)
 from resnet.errors import ResnetError
+from resnet.words import plural
 
 # The accepted column names, the preferred first: a table with both an "image" and an "id"
 # column has its paths in "image" (Kaggle's "id" is sometimes a number beside the file name).
@@ -293,8 +294,9 @@ def without_repeats(labels: Path, rows: list[Row], problems: Problems) -> list[R
             problems.add("conflict", row.line, f"{printable(os.path.basename(row.path))} as on line {seen.line}")
     if repeats:
         shown = ", ".join(repeats[:SHOWN]) + (f" and {len(repeats) - SHOWN} more" if len(repeats) > SHOWN else "")
-        warnings.warn(f"{labels}: {len(repeats)} row(s) list a file again with the same label, used once: {shown}",
-                      stacklevel=3)
+        lists = "lists" if len(repeats) == 1 else "list"
+        warnings.warn(f"{labels}: {plural(len(repeats), 'row')} {lists} a file again with the same label, used once: "
+                      f"{shown}", stacklevel=3)
     return list(first.values())
 
 
@@ -350,4 +352,4 @@ def split_by_column(labels: Path, rows: list[Row], val_fraction: float, seed: in
     evaluated = "val" if by_split["val"] else "test"
     test = files(labelled(by_split["test"], classes)) if evaluated == "val" and by_split["test"] else None
     return DataSplits(files(labelled(by_split["train"], classes)), files(labelled(by_split[evaluated], classes)),
-                      classes, test, eval_name=evaluated)
+                      classes, test, eval_name=evaluated, eval_is_test=evaluated == "test")
