@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import warnings
+from pathlib import Path
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import NoReturn
@@ -14,6 +15,7 @@ from typing import NoReturn
 from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
 from resnet.model import STEMS, list_models
+from resnet.words import plural
 
 STEM_HELP = ("imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride 1, no max-pool: images of ~32 px) | "
              "small-pool (3x3 stride 1, then the max-pool: a quarter of small's cost)")
@@ -150,8 +152,10 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_lr_find(args: argparse.Namespace) -> int:
     from resnet.config import train_config
-    from resnet.lrfind import lr_find_command
+    from resnet.lrfind import check_folder, check_range, lr_find_command
 
+    check_range(args.steps, args.start_lr, args.end_lr)  # before the line the training defaults may print
+    check_folder(Path(args.find_out))
     overrides = {k: v for k, v in vars(args).items()
                  if k not in ("command", "run", "find_out", "steps", "start_lr", "end_lr")}
     config = train_config(overrides)
@@ -314,7 +318,7 @@ def run_export(args: argparse.Namespace) -> int:
         return run_int8_export(args)
     result = export_checkpoint(args.checkpoint, args.format, args.out, args.tolerance)
     print(f"wrote {result['out']} ({args.format}, {result['bytes'] / 1e6:.1f} MB, {result['arch']}, "
-          f"{result['classes']} classes, input (N, 3, {result['image_size']}, {result['image_size']}))")
+          f"{plural(result['classes'], 'class')}, input (N, 3, {result['image_size']}, {result['image_size']}))")
     print(f"max |{args.format} - pytorch| = {result['max_abs_diff']:.3g} on a random batch of {result['check_batch']}")
     return 0
 
