@@ -114,7 +114,8 @@ def test_bad_options_are_one_line_errors(folder, tmp_path, capsys):
 
 def test_its_own_bad_options_come_before_the_training_defaults_line(tmp_path, capsys):
     small = make_image_folder(tmp_path / "small", ["a", "b"], per_class=4, size=(32, 32))
-    assert main(["lr-find", "--dataset", "imagefolder", "--data-dir", str(small), "--out", str(tmp_path / "out"), "--steps", "1"]) == 2
+    assert main(["lr-find", "--dataset", "imagefolder", "--data-dir", str(small), "--out", str(tmp_path / "out"),
+                 "--steps", "1"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and "--steps must be at least 2" in err and err.count("\n") == 1
 
