@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import errno
 import io
+import math
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -192,8 +192,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise ResnetError(f"no checkpoint at {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError) as error:
+        with warnings.catch_warnings():
+            # torch's notes on what it found in a foreign file (a pickle protocol it does not
+            # expect) say nothing the error below does not.
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # foreign bytes make torch's reader fail in many ways (IndexError, KeyError, ...)
         raise ResnetError(f"{path} is not a readable checkpoint: it is truncated, corrupt or not a PyTorch file "
                           f"({reason(error)})") from None
     if not isinstance(obj, dict):
@@ -219,3 +223,79 @@ def check_format(checkpoint: dict[str, Any], path: Path) -> None:
     if found > CHECKPOINT_FORMAT:
         raise ResnetError(f"{path} is a checkpoint of format {found}, newer than this version of resnet reads "
                           f"(format {CHECKPOINT_FORMAT} and older); upgrade resnet to load it")
+
+
+# --- what using a model reads ------------------------------------------------------------------
+
+
+def not_a_checkpoint(path: str | os.PathLike, why: str) -> ResnetError:
+    return ResnetError(f"{path} is not a resnet checkpoint ({why})")
+
+
+def check_model_entries(checkpoint: dict[str, Any], path: str | os.PathLike) -> None:
+    """The entries that loading a model reads, of the types ``resnet train`` writes: a foreign or
+    hand-edited file is then one line saying what is wrong with it, not an exception from deep
+    inside eval, predict, export or calibrate."""
+    absent = [key for key in ("arch", "classes", "model") if key not in checkpoint]
+    if absent:
+        raise not_a_checkpoint(path, f"it has no {', '.join(absent)}")
+    if not isinstance(checkpoint["arch"], str):
+        raise not_a_checkpoint(path, "its arch is not a name")
+    classes = checkpoint["classes"]
+    if not isinstance(classes, (list, tuple)) or not all(isinstance(name, str) for name in classes):
+        raise not_a_checkpoint(path, "its classes are not a list of names")
+    if not classes:
+        raise not_a_checkpoint(path, "its class list is empty")
+    for key in ("model", "ema"):
+        state = checkpoint.get(key)
+        if (key == "model" or state is not None) and not is_state_dict(state):
+            raise not_a_checkpoint(path, f"its {key} entry is not a state_dict")
+    check_config_entry(checkpoint.get("config"), path)
+    check_normalization_entry(checkpoint.get("normalization"), path)
+
+
+def is_state_dict(obj: Any) -> bool:
+    """A dict of named tensors (``load_state_dict`` takes nothing else)."""
+    return isinstance(obj, dict) and all(isinstance(key, str) and isinstance(value, torch.Tensor)
+                                         for key, value in obj.items())
+
+
+def check_config_entry(config: Any, path: str | os.PathLike) -> None:
+    """The run's options, as ``config.json`` holds them (None: a checkpoint without them, which
+    loads with the defaults)."""
+    from resnet.config import check_types
+
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise not_a_checkpoint(path, "its config is not a dict of options")
+    try:
+        check_types(TrainConfig.from_dict(config))
+    except ResnetError as error:
+        raise not_a_checkpoint(path, f"in its config, {error}") from None
+
+
+def check_normalization_entry(normalization: Any, path: str | os.PathLike) -> None:
+    """Mean and std of three channels, std positive, and an input size that can be evaluated
+    (each may be absent: the ImageNet statistics and the config's size stand in)."""
+    from resnet.config import MAX_IMAGE_SIZE
+
+    if normalization is None:
+        return
+    if not isinstance(normalization, dict):
+        raise not_a_checkpoint(path, "its normalization is not a dict")
+    for key in ("mean", "std"):
+        values = normalization.get(key)
+        if values is not None and not (isinstance(values, (list, tuple)) and len(values) == 3
+                                       and all(is_number(v) and math.isfinite(v) for v in values)):
+            raise not_a_checkpoint(path, f"its normalization {key} is not three finite numbers")
+    if any(v <= 0 for v in normalization.get("std") or ()):
+        raise not_a_checkpoint(path, f"its normalization std {normalization['std']!r} is not positive")
+    size = normalization.get("image_size")
+    if size is not None and not (isinstance(size, int) and not isinstance(size, bool) and 32 <= size <= MAX_IMAGE_SIZE):
+        raise not_a_checkpoint(path, f"its input size {size!r} is not a whole number of pixels from 32 to "
+                                     f"{MAX_IMAGE_SIZE}")
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from resnet.checkpoint import load_checkpoint
+from resnet.checkpoint import is_state_dict, load_checkpoint
 from resnet.errors import ResnetError
 
 
@@ -34,6 +34,9 @@ def state_dict_from(spec: str, arch: str) -> dict[str, torch.Tensor]:
         raise ResnetError(f"--weights {spec}: no such file (or use --weights imagenet)")
     obj = load_checkpoint(spec)
     state = obj["model"] if "model" in obj and isinstance(obj["model"], dict) else obj
+    if not is_state_dict(state):
+        raise ResnetError(f"--weights {spec} is neither a state_dict (a dict of named tensors) nor a resnet "
+                          "checkpoint")
     return strip_wrapper_prefixes(state)
 
 
