@@ -109,7 +109,7 @@ def test_a_clean_folder_exits_0_and_distinct_images_of_a_class_are_not_flagged(t
     root = photo_folder(tmp_path / "data", {"train": 12, "val": 4}, seed=1)
     code, out = run_check(capsys, str(root), "--workers", "1")
     assert code == 0, out
-    assert "exact duplicates (same bytes): 0 group(s)" in out and "leaks: 0" in out
+    assert "exact duplicates (same bytes): 0 groups, 0 files" in out and "leaks: 0" in out
     assert "near duplicates" in out and "exit status 0" in out
     code, out = run_check(capsys, str(root), "--json", "--workers", "1")
     report = json.loads(out)

@@ -52,7 +52,23 @@ def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(monkeypatch, capsys
 
 def test_warnings_are_one_line_without_source():
     with warnings_as_lines("train"):
-        text = warnings.formatwarning("skipping 1 unreadable image(s): x.png", UserWarning, "/src/resnet/data.py",
+        text = warnings.formatwarning("skipping 1 unreadable image: x.png", UserWarning, "/src/resnet/data.py",
                                       12, "warnings.warn(...)")
-    assert text == "resnet train: warning: skipping 1 unreadable image(s): x.png\n"
+    assert text == "resnet train: warning: skipping 1 unreadable image: x.png\n"
     assert "data.py" in warnings.formatwarning("x", UserWarning, "/src/resnet/data.py", 12, "")  # restored
+
+
+def test_counts_read_right_for_one():
+    from resnet.data import warn_of_classes_without
+    from resnet.sampling import class_count_line
+    from resnet.words import plural
+
+    assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]
+    assert (plural(1, "class"), plural(3, "worker process"), plural(1234, "image", ",")) == (
+        "1 class", "3 worker processes", "1,234 images")
+    assert class_count_line([1, 1], "none") == "classes: 2, 1 training image each"
+    with pytest.warns(UserWarning) as caught:
+        warn_of_classes_without(["a", "b", "c"], [0, 0], "no validation image")
+        warn_of_classes_without(["a", "b", "c"], [0, 1], "no validation image")
+    assert [str(w.message) for w in caught] == ["2 classes have no validation image: b, c",
+                                                "1 class has no validation image: c"]

@@ -208,13 +208,13 @@ def test_unreadable_files_are_listed_once_and_skipped(folder):
     splits = load_splits("imagefolder", str(folder), val_fraction=0.25)
     assert len(splits.train) + len(splits.eval) == 20  # listed, not read
     config = resolve_config({"dataset": "imagefolder", "image_size": 32, "workers": 0})
-    with pytest.warns(UserWarning, match=r"skipping 2 unreadable image\(s\): .*broken.png.*truncated.jpg"):
+    with pytest.warns(UserWarning, match=r"skipping 2 unreadable images: .*broken.png.*truncated.jpg"):
         kept = load_run_data(splits, config, Topology()).splits
     assert len(kept.train) + len(kept.eval) == 18 and len(kept.skipped) == 2
     for pipeline in ("fast", "classic"):  # found by the decode, or by the classic pipeline's one check
         strict = resolve_config({"dataset": "imagefolder", "image_size": 32, "workers": 0, "strict": True,
                                  "pipeline": pipeline})
-        with pytest.raises(ResnetError, match=r"2 unreadable image\(s\)"):
+        with pytest.raises(ResnetError, match=r"2 unreadable images"):
             load_run_data(splits, strict, Topology())
 
 

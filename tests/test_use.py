@@ -260,7 +260,7 @@ def test_warnings_reach_the_user_as_one_line(run, tmp_path):
                              "--out", str(tmp_path), "--workers", "0", "--device", "cpu"],
                             env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stderr == ("resnet eval: warning: 1 class(es) have too few images to hold one out, so no "
+    assert result.stderr == ("resnet eval: warning: 1 class has too few images to hold one out, so no "
                              "validation image: fox\n")
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from resnet.errors import ResnetError
+from resnet.words import plural
 
 TOP_CLASS = "(top class)"
 REFRESH_SECONDS = 5  # how often the Runs tab re-reads a run's metrics.csv
@@ -111,7 +112,7 @@ def run_brief(run: Path) -> str:
         lines.append(f"final top-1 **{100 * summary['final_top1']:.2f}%**, top-5 {100 * summary['final_top5']:.2f}%"
                      f"{class_scores_brief(summary, 'final_')}, best {SCORE_NAMES[chosen]} "
                      f"{100 * summary['best_' + chosen]:.2f}% (epoch {summary['best_epoch']}), "
-                     f"{summary['epochs']} epochs in {summary['seconds'] / 60:.1f} min")
+                     f"{plural(summary['epochs'], 'epoch')} in {summary['seconds'] / 60:.1f} min")
         if "test_top1" in summary:
             lines.append(f"; test top-1 **{100 * summary['test_top1']:.2f}%**")
     elif rows:

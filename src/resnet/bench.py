@@ -46,6 +46,7 @@ from resnet.pipeline import FastTrainBatches, augment_spec
 from resnet.optim import has_fused_optimizer
 from resnet.sampling import generator_for
 from resnet.step import TrainStep
+from resnet.words import plural
 
 GENERATED_VERSION = 1  # bump when the generated images change
 TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
@@ -301,7 +302,7 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
     machine = machine_info(device)
     files, num_classes, source = bench_source(options)
     log(f"{options.arch} at {options.image_size} px, batch {options.batch_size}, on {device.type}; "
-        f"{source['images']} {source['kind']} images")
+        f"{plural(source['images'], source['kind'] + ' image')}")
     busy = machine["cpu_busy_before"]
     if busy is not None and busy > BUSY_WARNING:
         log(f"warning: the CPUs were {100 * busy:.0f}% busy before the run; other work skews these figures")
@@ -309,7 +310,7 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
     decode_info = {"seconds": pipelines.decode_seconds, "images": len(files),
                    "images_per_s": len(files) / pipelines.decode_seconds,
                    "cache_size": pipelines.config.resolved_cache_size()}
-    log(f"decoded {len(files)} images to {decode_info['cache_size']} px in {pipelines.decode_seconds:.1f} s "
+    log(f"decoded {plural(len(files), 'image')} to {decode_info['cache_size']} px in {pipelines.decode_seconds:.1f} s "
         "(one-off, excluded from ours)")
     e2e = end_to_end_rounds(options, pipelines, num_classes, ours_dtype)
     model_rounds = model_only_rounds(options, num_classes, device, ours_dtype)
@@ -481,8 +482,9 @@ def format_report(result: dict[str, Any]) -> str:
     hardware = machine.get("gpu", machine["cpu"])
     lines = [
         (f"{config['arch']} at {config['image_size']} px, batch {config['batch_size']}, on {machine['device']} "
-         f"({hardware}; {machine['cpus']} cpus, torch {machine['torch']}); {source['images']} {source['kind']} "
-         f"images; median of {config['rounds']} rounds of {config['steps']} steps"),
+         f"({hardware}; {plural(machine['cpus'], 'cpu')}, torch {machine['torch']}); "
+         f"{plural(source['images'], source['kind'] + ' image')}; median of {plural(config['rounds'], 'round')} of "
+         f"{plural(config['steps'], 'step')}"),
         "",
         "end-to-end training (images/s)",
         f"  {'pipeline':<10}{'precision':<11}{'format':<15}{'images/s':>10}{'of model-only':>15}   rounds",
@@ -496,8 +498,9 @@ def format_report(result: dict[str, Any]) -> str:
     decode_info = e2e["decode"]
     lines += [
         f"  ours / tutorial: {e2e['ratio']:.2f}x",
-        (f"  one-off decode (excluded from ours): {decode_info['images']} images to {decode_info['cache_size']} "
-         f"px in {decode_info['seconds']:.1f} s ({decode_info['images_per_s']:.0f} images/s)"),
+        (f"  one-off decode (excluded from ours): {plural(decode_info['images'], 'image')} to "
+         f"{decode_info['cache_size']} px in {decode_info['seconds']:.1f} s "
+         f"({decode_info['images_per_s']:.0f} images/s)"),
         "",
         "model only: forward + backward + SGD step on a batch on the device (images/s)",
         f"  {'precision':<11}{'nchw':>10}{'channels_last':>15}",
@@ -539,7 +542,7 @@ def markdown_report(results: list[dict[str, Any]], command: str = "") -> str:
             f"| {c['arch']} | {c['image_size']} | {c['batch_size']} | {e2e['tutorial']:.1f} | {e2e['ours']:.1f} | "
             f"{e2e['ratio']:.2f}x | {precision} | {limit:.1f} | {100 * e2e['ours_of_model_only']:.0f}% | "
             f"{data['tutorial']:.1f} | {data['ours']:.1f} | {e2e['decode']['seconds']:.1f} s "
-            f"({e2e['decode']['images']} images) |")
+            f"({plural(e2e['decode']['images'], 'image')}) |")
     lines += ["", "Model only (images/s, forward + backward + SGD step):", "",
               "| arch | px | batch | precision | nchw | channels_last |", "|---|---|---|---|---|---|"]
     for result in results:
@@ -547,23 +550,24 @@ def markdown_report(results: list[dict[str, Any]], command: str = "") -> str:
         for precision, speeds in result["model_only"].items():
             lines.append(f"| {c['arch']} | {c['image_size']} | {c['batch_size']} | {precision} | "
                          f"{speeds['nchw']:.1f} | {speeds['channels_last']:.1f} |")
-    source = results[0]["config"]["source"]
+    config = results[0]["config"]
+    source = config["source"]
     notes = sorted({r["config"]["note"] for r in results if r["config"].get("note")})
     loads = ", ".join(f"{r['machine']['load_average'][0]:.1f}" for r in results)
     busy = ", ".join("?" if r["machine"].get("cpu_busy_before") is None
                      else f"{100 * r['machine']['cpu_busy_before']:.0f}%" for r in results)
     lines += [
         "",
-        (f"Machine: {machine['cpu']}, {machine['cpus']} cpus ({machine['torch_threads']} torch threads), "
+        (f"Machine: {machine['cpu']}, {plural(machine['cpus'], 'cpu')} "
+         f"({plural(machine['torch_threads'], 'torch thread')}), "
          f"cpu bf16: {machine['cpu_bf16']}, {machine.get('gpu', 'no GPU')}; torch {machine['torch']}, "
          f"torchvision {machine['torchvision']}, Python {machine['python']}, {machine['platform']}. "
          f"At the start of each run: CPUs busy with other work {busy}, load average {loads}."),
         "",
-        f"Data: {source['images']} {source['kind']} JPEGs"
+        f"Data: {plural(source['images'], source['kind'] + ' JPEG')}"
         + (f", {source['shorter_side']} px on the shorter side" if "shorter_side" in source else "")
-        + f"; median of {results[0]['config']['rounds']} alternating rounds of {results[0]['config']['steps']} "
-          f"timed steps after {results[0]['config']['warmup']} warmup steps; "
-          f"{results[0]['config']['workers']} DataLoader workers.",
+        + f"; median of {plural(config['rounds'], 'alternating round')} of {plural(config['steps'], 'timed step')} "
+          f"after {plural(config['warmup'], 'warmup step')}; {plural(config['workers'], 'DataLoader worker')}.",
     ]
     if notes:
         lines += ["", "Note: " + "; ".join(notes)]

@@ -38,6 +38,7 @@ from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
 from resnet.progress import progress_bar
 from resnet.signals import leave_signals_to_the_main_process
+from resnet.words import plural
 
 try:
     import fcntl
@@ -361,10 +362,10 @@ class Store:
     def announce(self, images: int, progress: str | None, of: int | None = None) -> None:
         if progress is None:
             return
-        count = f"{images} of {of}" if of is not None else str(images)
-        print(f"{progress}: decoding {count} images at {self.size} px into {self.folder} "
+        count = f"{images} of {plural(of, 'image')}" if of is not None else plural(images, "image")
+        print(f"{progress}: decoding {count} at {self.size} px into {self.folder} "
               f"({byte_size(images * self.row_bytes)})" if self.size else
-              f"{progress}: checking {count} images once (remembered in {self.folder})", file=sys.stderr, flush=True)
+              f"{progress}: checking {count} once (remembered in {self.folder})", file=sys.stderr, flush=True)
 
     def rows_shared(self, paths: Sequence[Path], rank: int, ranks: int, barrier: Callable[[], None], workers: int,
                     check_stop: Callable[[], None] | None, progress: str | None) -> tuple[np.ndarray, np.ndarray, int]:

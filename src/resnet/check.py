@@ -47,6 +47,7 @@ from resnet.data import (DEEP_GRAY_MODES, ImageArrays, check_regular_file, load_
                          sample_image_files, typical_shorter_side)
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
+from resnet.words import plural
 
 # Hamming limits of a near pair (64-bit hashes): pHash within PHASH_MAX bits, or both hashes
 # within BOTH_MAX. Measured on planted copies of 1,000 images each of CIFAR-10 (32 px) and
@@ -545,17 +546,18 @@ def shown(path: str, root: str) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     root = report["data_dir"]
-    lines = [f"resnet check: {printable(root)} ({report['dataset']}): {report['images']:,} images, "
-             f"{len(report['classes'])} classes, {report['seconds']:.1f} s, {report['workers']} worker process(es)"
-             + (f", {report['reused']:,} files as an earlier check read them" if report["reused"] else "")]
+    lines = [f"resnet check: {printable(root)} ({report['dataset']}): {plural(report['images'], 'image', ',')}, "
+             f"{plural(len(report['classes']), 'class')}, {report['seconds']:.1f} s, "
+             f"{plural(report['workers'], 'worker process')}"
+             + (f", {plural(report['reused'], 'file', ',')} as an earlier check read them" if report["reused"] else "")]
     lines += format_counts(report)
     lines.append(f"unreadable: {len(report['unreadable'])}")
     lines += [f"  {shown(f['path'], root)}: {f['error']}" for f in report["unreadable"][:SHOWN]]
     lines += more(report["unreadable"])
     lines += format_groups(report)
     lines += format_properties(report)
-    problems = [f"{len(report['leaks'])} leak(s)"] * bool(report["leaks"])
-    problems += [f"{len(report['unreadable'])} unreadable file(s)"] * bool(report["unreadable"])
+    problems = [plural(len(report["leaks"]), "leak")] * bool(report["leaks"])
+    problems += [plural(len(report["unreadable"]), "unreadable file")] * bool(report["unreadable"])
     lines.append(f"result: {', '.join(problems)}: exit status 1" if problems
                  else "result: no leak and no unreadable file: exit status 0")
     if "page" in report:
@@ -568,7 +570,7 @@ def format_groups(report: dict[str, Any]) -> list[str]:
     for key, title in (("duplicates", "exact duplicates (same bytes)"),
                        ("near_duplicates", f"near duplicates ({report['hash']['near']})")):
         groups = report[key]
-        lines.append(f"{title}: {len(groups)} group(s), {sum(len(g['files']) for g in groups)} files")
+        lines.append(f"{title}: {plural(len(groups), 'group')}, {plural(sum(len(g['files']) for g in groups), 'file')}")
         lines += [f"  [{g['id']}] " + format_files(g["files"], root) for g in groups[:SHOWN]]
         lines += more(groups)
     leaks = report["leaks"]
@@ -583,7 +585,7 @@ def format_counts(report: dict[str, Any]) -> list[str]:
     lines = []
     for split, counts in report["counts"].items():
         values = sorted(counts.values())
-        line = f"  {split}: {report['splits'].get(split, 0):,} images"
+        line = f"  {split}: {plural(report['splits'].get(split, 0), 'image', ',')}"
         if len(counts) <= 12:
             line += ": " + ", ".join(f"{printable(name)} {n}" for name, n in counts.items())
         elif values and values[0] == values[-1]:
@@ -592,7 +594,7 @@ def format_counts(report: dict[str, Any]) -> list[str]:
             line += f", per class {values[0]}-{values[-1]} (median {values[len(values) // 2]})"
         empty = [name for name, n in counts.items() if n == 0]
         if empty and len(counts) > 12:
-            line += f"; {len(empty)} class(es) with none"
+            line += f"; {plural(len(empty), 'class')} with none"
         lines.append(line)
     return lines
 
@@ -649,13 +651,16 @@ def write_page(report: dict[str, Any], out: Path) -> Path:
     thumbs: dict[str, str] = {}
     rows = [page_row(group, leaking.get(group["id"], []), thumbs, out, report["data_dir"])
             for group in groups[:PAGE_GROUPS]]
-    left = f"<p>{len(groups) - PAGE_GROUPS} more groups are in report.json.</p>" if len(groups) > PAGE_GROUPS else ""
+    more_groups = len(groups) - PAGE_GROUPS
+    left = f"<p>{plural(more_groups, 'more group')}: see report.json.</p>" if more_groups > 0 else ""
     title = html.escape(f"resnet check: {printable(report['data_dir'])}")
     body = "\n".join(rows) or "<p>No duplicate and no leak.</p>"
     (out / "index.html").write_text(
         f"<!doctype html>\n<meta charset='utf-8'><title>{title}</title>\n<style>{PAGE_STYLE}</style>\n"
-        f"<h1>{title}</h1>\n<p>{len(report['leaks'])} leak(s), {len(report['duplicates'])} exact and "
-        f"{len(report['near_duplicates'])} near duplicate group(s); {html.escape(report['hash']['near'])}.</p>\n"
+        f"<h1>{title}</h1>\n<p>{plural(len(report['leaks']), 'leak')}, "
+        f"{plural(len(report['duplicates']), 'exact duplicate group')} and "
+        f"{plural(len(report['near_duplicates']), 'near duplicate group')}; "
+        f"{html.escape(report['hash']['near'])}.</p>\n"
         f"{body}\n{left}\n", encoding="utf-8")
     return out / "index.html"
 

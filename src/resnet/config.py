@@ -18,6 +18,7 @@ from resnet.errors import ResnetError
 from resnet.hardware import available_cpus, select_device
 from resnet.model import STEMS, list_models
 from resnet.trackers import tracker_names
+from resnet.words import plural
 
 
 def option(default: Any, help: str) -> Any:
@@ -497,7 +498,7 @@ def train_config(overrides: dict[str, Any], resume: str | os.PathLike | None = N
 def describe_small_image_choice(config: TrainConfig, device_type: str) -> str:
     """What the small-image defaults chose, as said before a run: for a CPU, also the GPU's choice."""
     chose = (f"{config.arch} with the {config.stem} stem at {config.image_size} px, pad-and-crop "
-             f"{config.crop_padding} px, {config.epochs} epochs")
+             f"{config.crop_padding} px, {plural(config.epochs, 'epoch')}")
     if device_type != "cpu":
         return chose
     gpu = SMALL_IMAGE_RECIPE

@@ -36,6 +36,7 @@ from resnet.pipeline import FastTrainBatches, RunData, augment_spec, load_run_da
 from resnet.progress import progress_bar
 from resnet.sampling import class_weights, generator_for, labels_tensor, run_epoch_batches
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
+from resnet.words import plural
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
 BETA = 0.98  # the smoothing of fastai's Recorder
@@ -299,7 +300,7 @@ def lr_find_command(config: TrainConfig, out: str | Path, steps: int = STEPS, st
     check_range(steps, start_lr, end_lr)
     folder = Path(out)
     check_folder(folder)
-    print(f"range test: {steps} steps of {title_of(config)}, lr {start_lr:.3g} to {end_lr:.3g}", flush=True)
+    print(f"range test: {plural(steps, 'step')} of {title_of(config)}, lr {start_lr:.3g} to {end_lr:.3g}", flush=True)
     test, suggestion = find_lr(config, steps, start_lr, end_lr, progress=not config.quiet)
     if test.stopped:
         print(test.stopped)
@@ -324,6 +325,6 @@ def with_found_lr(config: TrainConfig, run_dir: Path, topology: Topology,
     plot_range_test(test, suggestion, run_dir / PLOT, title_of(config))
     ended = f"; the test {test.stopped}" if test.stopped else ""
     print(f"--lr auto: training at lr {lr_text(suggestion.lr)} (rule: {suggestion.rule}), from a range test of "
-          f"{test.steps} steps, lr {START_LR:.3g} to {END_LR:.3g}{ended}; "
+          f"{plural(test.steps, 'step')}, lr {START_LR:.3g} to {END_LR:.3g}{ended}; "
           f"its plot: {run_dir / PLOT}", flush=True)
     return replace(config, lr=suggestion.lr)

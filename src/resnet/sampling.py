@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from resnet.data import Source
+from resnet.words import plural
 
 if TYPE_CHECKING:
     from resnet.config import TrainConfig
@@ -91,7 +92,7 @@ def class_count_line(counts: list[int], balance: str) -> str:
     """The training split's classes in brief: the smallest and largest class and their ratio."""
     present = [n for n in counts if n]
     smallest, largest = min(present), max(present)
-    line = f"classes: {len(counts)}, " + (f"{largest:,} training images each" if smallest == largest else
+    line = f"classes: {len(counts)}, " + (f"{plural(largest, 'training image', ',')} each" if smallest == largest else
                                           f"training images per class {smallest:,} to {largest:,} "
                                           f"(ratio {format_ratio(largest / smallest)}:1)")
     if len(present) < len(counts):

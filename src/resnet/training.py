@@ -74,6 +74,7 @@ from resnet.progress import progress_bar
 from resnet.signals import StopSignals, Stopped
 from resnet.trackers import open_trackers
 from resnet.step import TrainStep, build_model, check_batchnorm_can_train
+from resnet.words import plural
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
                   "images_per_s", "seconds", "train_size")
@@ -557,7 +558,8 @@ class Run:
     def log_start(self) -> None:
         config, splits = self.config, self.splits
         self.log(f"run {self.run_dir}: {config.arch} on {config.dataset} ({len(splits.train)} training / "
-                 f"{len(splits.eval)} evaluation images ('{splits.eval_name}'), {len(splits.classes)} classes), "
+                 f"{plural(len(splits.eval), 'evaluation image')} ('{splits.eval_name}'), "
+                 f"{plural(len(splits.classes), 'class')}), "
                  f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline")
         counts = self.class_counts.tolist()
         self.log(class_count_line(counts, config.balance))

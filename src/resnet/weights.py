@@ -12,6 +12,7 @@ from torch import nn
 
 from resnet.checkpoint import is_state_dict, load_checkpoint
 from resnet.errors import ResnetError
+from resnet.words import plural
 
 
 def imagenet_state_dict(arch: str) -> dict[str, torch.Tensor]:
@@ -76,7 +77,7 @@ def load_pretrained(model: nn.Module, spec: str, arch: str) -> list[str]:
     own = model.state_dict()
     skipped = []
     if "fc.weight" in state and "fc.weight" in own and state["fc.weight"].shape != own["fc.weight"].shape:
-        warnings.warn(f"the weights' classifier has {state['fc.weight'].shape[0]} classes and this model "
+        warnings.warn(f"the weights' classifier has {plural(state['fc.weight'].shape[0], 'class')} and this model "
                       f"{own['fc.weight'].shape[0]}: the head (fc) is re-initialized", stacklevel=2)
         skipped = ["fc.weight", "fc.bias"]
         state = {k: v for k, v in state.items() if k not in skipped}
