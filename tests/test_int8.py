@@ -19,7 +19,8 @@ from PIL import Image
 from conftest import make_image_folder
 from resnet.cli import main
 from resnet.data import load_splits, open_rgb
-from resnet.quantize import spread_across_classes
+from resnet.errors import ResnetError
+from resnet.quantize import export_int8, spread_across_classes
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -124,17 +125,26 @@ def test_agreement_below_the_minimum_is_exit_1_and_keeps_the_file(run, tmp_path,
                         bytes=Path(out).stat().st_size)
         return exported
 
+    import resnet.quantize
+
+    counted = resnet.quantize.agreement_counts
+
+    def one_image_less_in_agreement(*args):  # whatever the two models did, short of --min-agreement 1
+        counts = counted(*args)
+        return {**counts, "agreeing": counts["agreeing"] - 1}
+
     monkeypatch.setattr(resnet.export, "export_checkpoint", copy_of_the_float_export)
+    monkeypatch.setattr(resnet.quantize, "agreement_counts", one_image_less_in_agreement)
     monkeypatch.setattr("resnet.quantize.LATENCY_REPEATS", FEW_REPEATS)
     out = tmp_path / "m.onnx"
-    assert main(["export", str(run["dir"]), "--int8", "--out", str(out), "--min-agreement", "1.01",
+    assert main(["export", str(run["dir"]), "--int8", "--out", str(out), "--min-agreement", "1",
                  "--max-eval-images", "3"]) == 1
     captured = capsys.readouterr()
     assert "imagefolder val: 3 images" in captured.out
     assert "24 calibration images" in captured.out  # fewer training images than the default 256: all of them
     err = captured.err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("resnet export: error: ")
-    assert "below --min-agreement 101.00%" in err and str(tmp_path / "m.int8.onnx") in err
+    assert "below --min-agreement 100.00%" in err and str(tmp_path / "m.int8.onnx") in err
     assert (tmp_path / "m.int8.onnx").stat().st_size > 0 and exported["out"] == str(out)
 
 
@@ -144,10 +154,20 @@ def test_agreement_below_the_minimum_is_exit_1_and_keeps_the_file(run, tmp_path,
     (["--min-agreement", "0.9", "--max-eval-images", "5"], "--max-eval-images, --min-agreement only apply with --int8"),
     (["--int8", "--calibration-images", "0"], "--calibration-images must be at least 1"),
     (["--int8", "--max-eval-images", "-2"], "--max-eval-images must be at least 1"),
+    (["--int8", "--min-agreement", "2"], "--min-agreement must be a fraction in [0, 1], got 2"),
+    (["--int8", "--min-agreement", "-1"], "--min-agreement must be a fraction in [0, 1], got -1"),
+    (["--int8", "--min-agreement", "nan"], "--min-agreement must be a fraction in [0, 1], got nan"),
 ])
 def test_bad_combinations_are_one_line_errors(run, tmp_path, capsys, args, message):
     assert main(["export", str(run["dir"]), "--out", str(tmp_path / "m.onnx"), *args]) == 2
     assert message in one_line_error(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("min_agreement", [1.5, -0.1, float("inf"), "0.9", True])
+def test_export_int8_refuses_a_min_agreement_outside_zero_to_one_before_any_work(run, tmp_path, min_agreement):
+    with pytest.raises(ResnetError, match=r"^--min-agreement must be a fraction in \[0, 1\], got "):
+        export_int8(run["dir"], tmp_path / "m.onnx", calibration_images=12, min_agreement=min_agreement)
     assert not list(tmp_path.iterdir())
 
 

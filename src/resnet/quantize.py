@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from resnet.errors import ResnetError
-from resnet.words import plural
 
 if TYPE_CHECKING:
     from resnet.cache import DecodedImages
@@ -199,7 +198,7 @@ def median_latency(model: Any, batch: int, size: int, repeats: int) -> float:
 def quantization_text(images: int, seed: int) -> str:
     import onnxruntime
 
-    return (f"int8 static QDQ (uint8 activations, per-channel int8 weights), {plural(images, 'calibration image')} "
+    return (f"int8 static QDQ (uint8 activations, per-channel int8 weights), {images} calibration images "
             f"(training split, spread across classes, seed {seed}; MinMax ranges), "
             f"onnxruntime {onnxruntime.__version__}")
 
@@ -214,7 +213,14 @@ def data_sources(checkpoint: dict[str, Any], data_dir: str | None) -> tuple[Sour
     return train, evaluation, where
 
 
-def check_counts(calibration_images: int, max_eval_images: int | None) -> None:
+def check_options(calibration_images: int, max_eval_images: int | None, min_agreement: float) -> None:
+    """The int8 options, before any work: a share above 1 could never be reached (the export
+    would run to its end, then fail), and one below 0 would pass whatever the int8 model did."""
+    from resnet.checkpoint import is_number
+
+    if not (is_number(min_agreement) and 0 <= min_agreement <= 1):
+        shown = f"{min_agreement:g}" if is_number(min_agreement) else repr(min_agreement)
+        raise ResnetError(f"--min-agreement must be a fraction in [0, 1], got {shown}")
     if calibration_images < 1:
         raise ResnetError(f"--calibration-images must be at least 1, got {calibration_images}")
     if max_eval_images is not None and max_eval_images < 1:
@@ -233,7 +239,7 @@ def export_int8(path: str | Path, out: str | Path | None = None, tolerance: floa
     from resnet.export import export_checkpoint, require_onnx
     from resnet.hardware import available_cpus
 
-    check_counts(calibration_images, max_eval_images)
+    check_options(calibration_images, max_eval_images, min_agreement)
     require_onnx()
     _, checkpoint = load_model_from_checkpoint(path)
     config = TrainConfig.from_dict(checkpoint.get("config") or {})
@@ -281,7 +287,7 @@ def add_int8_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-eval-images", type=int, default=None, metavar="N",
                    help="score on at most N evaluation images, spread across classes (default: all)")
     p.add_argument("--min-agreement", type=float, default=None, metavar="FRACTION",
-                   help=f"least share of evaluation images on which int8 and float agree (default "
+                   help=f"least share of evaluation images on which int8 and float agree, from 0 to 1 (default "
                         f"{DEFAULT_MIN_AGREEMENT})")
     p.add_argument("--data-dir", default=None, metavar="DIR",
                    help="the run's data folder, when it has moved since training (default: the run's own)")
@@ -291,16 +297,16 @@ def format_int8(result: dict[str, Any]) -> str:
     latency, size = result["latency_s"], result["image_size"]
     lines = [
         f"wrote {result['out']} (float32, {result['bytes'] / 1e6:.1f} MB) and {result['int8_out']} "
-        f"(int8, {result['int8_bytes'] / 1e6:.1f} MB): {result['arch']}, {plural(result['classes'], 'class')}, "
+        f"(int8, {result['int8_bytes'] / 1e6:.1f} MB): {result['arch']}, {result['classes']} classes, "
         f"input (N, 3, {size}, {size})",
         f"max |onnx - pytorch| = {result['max_abs_diff']:.3g} on a random batch of {result['check_batch']}",
         f"quantization: {result['quantization']}",
-        f"{result['dataset']} {result['subset']}: {plural(result['images'], 'image')}",
+        f"{result['dataset']} {result['subset']}: {result['images']} images",
         f"  top-1  float32 {100 * result['float_top1']:.2f}%  int8 {100 * result['int8_top1']:.2f}%  "
         f"agreement {100 * result['agreement']:.2f}% (the same top-1 class on {result['agreeing']} of "
-        f"{plural(result['images'], 'image')})",
+        f"{result['images']} images)",
         f"latency in onnxruntime, median of {' / '.join(str(n) for n in result['latency_repeats'].values())} runs, "
-        f"{plural(result['threads'], 'thread')} on {result['cpu']}:",
+        f"{result['threads']} thread{'s' if result['threads'] != 1 else ''} on {result['cpu']}:",
     ]
     for batch in result["latency_repeats"]:
         float_s, int8_s = latency["float32"][batch], latency["int8"][batch]
