@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from resnet.errors import ResnetError
+from resnet.words import plural
 
 if TYPE_CHECKING:
     from resnet.cache import DecodedImages
@@ -198,7 +199,7 @@ def median_latency(model: Any, batch: int, size: int, repeats: int) -> float:
 def quantization_text(images: int, seed: int) -> str:
     import onnxruntime
 
-    return (f"int8 static QDQ (uint8 activations, per-channel int8 weights), {images} calibration images "
+    return (f"int8 static QDQ (uint8 activations, per-channel int8 weights), {plural(images, 'calibration image')} "
             f"(training split, spread across classes, seed {seed}; MinMax ranges), "
             f"onnxruntime {onnxruntime.__version__}")
 
@@ -297,16 +298,16 @@ def format_int8(result: dict[str, Any]) -> str:
     latency, size = result["latency_s"], result["image_size"]
     lines = [
         f"wrote {result['out']} (float32, {result['bytes'] / 1e6:.1f} MB) and {result['int8_out']} "
-        f"(int8, {result['int8_bytes'] / 1e6:.1f} MB): {result['arch']}, {result['classes']} classes, "
+        f"(int8, {result['int8_bytes'] / 1e6:.1f} MB): {result['arch']}, {plural(result['classes'], 'class')}, "
         f"input (N, 3, {size}, {size})",
         f"max |onnx - pytorch| = {result['max_abs_diff']:.3g} on a random batch of {result['check_batch']}",
         f"quantization: {result['quantization']}",
-        f"{result['dataset']} {result['subset']}: {result['images']} images",
+        f"{result['dataset']} {result['subset']}: {plural(result['images'], 'image')}",
         f"  top-1  float32 {100 * result['float_top1']:.2f}%  int8 {100 * result['int8_top1']:.2f}%  "
         f"agreement {100 * result['agreement']:.2f}% (the same top-1 class on {result['agreeing']} of "
-        f"{result['images']} images)",
+        f"{plural(result['images'], 'image')})",
         f"latency in onnxruntime, median of {' / '.join(str(n) for n in result['latency_repeats'].values())} runs, "
-        f"{result['threads']} thread{'s' if result['threads'] != 1 else ''} on {result['cpu']}:",
+        f"{plural(result['threads'], 'thread')} on {result['cpu']}:",
     ]
     for batch in result["latency_repeats"]:
         float_s, int8_s = latency["float32"][batch], latency["int8"][batch]
