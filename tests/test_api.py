@@ -175,6 +175,23 @@ def test_the_functions_take_the_commands_options_and_defaults(function, command)
     assert {p.name: p.default for p in parameters if p.kind is p.KEYWORD_ONLY} == command_options(command)
 
 
+@pytest.mark.parametrize("call, message", [
+    (lambda run: resnet.evaluate(123), "resnet.evaluate: run_or_checkpoint must be a path, got 123"),
+    (lambda run: resnet.evaluate(None), "resnet.evaluate: run_or_checkpoint must be a path, got None"),
+    (lambda run: resnet.evaluate(run["dir"], data_dir=5), "resnet.evaluate: data_dir must be a path, got 5"),
+    (lambda run: resnet.evaluate(run["dir"], out=[1]), r"resnet.evaluate: out must be a path, got \[1\]"),
+    (lambda run: resnet.predict(123, [run["data"]]), "resnet.predict: checkpoint must be a path, got 123"),
+    (lambda run: resnet.predict(run["ckpt"], [123]), "resnet.predict: images must be paths, got 123"),
+    (lambda run: resnet.predict(run["ckpt"], 123), "resnet.predict: images must be a path or a list of paths, "
+                                                   "got 123"),
+    (lambda run: resnet.predict(run["ckpt"], []), "resnet.predict: no images given"),
+])
+def test_what_is_not_a_path_is_an_error_naming_the_argument(tiny_run, call, message):
+    """The command's parser takes only strings, and resnet predict without an image is refused."""
+    with pytest.raises(ResnetError, match=f"^{message}$"):
+        call(tiny_run)
+
+
 def test_bad_values_are_one_line_errors(tiny_run):
     with pytest.raises(ResnetError, match="--batch-size must be a positive integer, got 0"):
         resnet.evaluate(tiny_run["dir"], batch_size=0)

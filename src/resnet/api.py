@@ -16,7 +16,8 @@ import csv
 import difflib
 import inspect
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import reprlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,8 @@ def evaluate(run_or_checkpoint: PathLike, *, dataset: str | None = None, data_di
     from resnet.evaluation import evaluate_checkpoint
 
     reject_unknown(unknown, parameters(evaluate), "resnet.evaluate")
+    for name, value in (("run_or_checkpoint", run_or_checkpoint), ("data_dir", data_dir), ("out", out)):
+        check_path("resnet.evaluate", name, value, allow_none=name != "run_or_checkpoint")
     check_choice("split", split)  # the dataset, the subset and the device are checked where they are used
     check_count("batch_size", batch_size, 1)
     check_count("workers", workers, 0, allow_none=True)
@@ -146,9 +149,10 @@ def predict(checkpoint: PathLike, images: PathLike | Sequence[PathLike], *, top_
     from resnet.prediction import predict_checkpoint, prediction_report
 
     reject_unknown(unknown, parameters(predict), "resnet.predict")
+    check_path("resnet.predict", "checkpoint", checkpoint)
+    inputs = image_paths(images)
     check_count("top_k", top_k, 1)
     check_count("batch_size", batch_size, 1)
-    inputs = [images] if isinstance(images, (str, os.PathLike)) else list(images)
     loaded, predictions = predict_checkpoint(checkpoint, inputs, top_k, batch_size, device,
                                              min_confidence=min_confidence)
     return PredictResult(prediction_report(loaded, predictions, min_confidence))
@@ -176,6 +180,33 @@ def check_choice(name: str, value: str | None) -> None:
 
     if value is not None and value not in CHOICES[name]:
         raise ResnetError(f"{flag(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}")
+
+
+def check_path(function: str, name: str, value: Any, allow_none: bool = False) -> None:
+    """What the command's parser would have read as a path: a string or an ``os.PathLike``."""
+    if not (isinstance(value, (str, os.PathLike)) or value is None and allow_none):
+        raise ResnetError(f"{function}: {name} must be a path, got {brief(value)}")
+
+
+def image_paths(images: Any) -> list[PathLike]:
+    """``resnet.predict``'s images as a list: one path, or several; none at all is refused, as
+    ``resnet predict`` refuses a command line without an image."""
+    if isinstance(images, (str, os.PathLike)):
+        return [images]
+    if not isinstance(images, Iterable) or isinstance(images, (bytes, Mapping)):
+        raise ResnetError(f"resnet.predict: images must be a path or a list of paths, got {brief(images)}")
+    paths = list(images)
+    if not paths:
+        raise ResnetError("resnet.predict: no images given")
+    for path in paths:
+        if not isinstance(path, (str, os.PathLike)):
+            raise ResnetError(f"resnet.predict: images must be paths, got {brief(path)}")
+    return paths
+
+
+def brief(value: Any) -> str:
+    """A value as one short line (an array's repr runs over many)."""
+    return " ".join(reprlib.repr(value).split())
 
 
 def check_count(name: str, value: int | None, least: int, allow_none: bool = False) -> None:
