@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--fit-args", default="", help="resnet calibrate options: the images to fit on")
     p.add_argument("--eval-args", default="", help="resnet eval options: the images to score on")
-    p.add_argument("--work", type=Path, default=Path("/tmp/calibration"))
+    p.add_argument("--work", type=Path, default=Path("runs/calibration"),
+                   help="where the copy of the run is made (default runs/calibration)")
     args = p.parse_args(argv)
     copy, out = args.work / args.name, RESULTS / f"calibration-{args.name}"
     shutil.rmtree(copy, ignore_errors=True)

@@ -1,11 +1,12 @@
 """CIFAR-10 from scratch on a held-out part of its training images: time to accuracy.
 
-    python benchmarks/cifar10.py                                   # the plain command
-    python benchmarks/cifar10.py --name small-pool-3ep --args "--stem small-pool --epochs 3 ..."
-    python benchmarks/cifar10.py --quick                           # 20 images a class: to try it
+    python benchmarks/cifar10.py --source DATA/cifar-10/train       # the plain command
+    python benchmarks/cifar10.py --source DATA/cifar-10/train --name small-pool-3ep --args "--stem small-pool ..."
+    python benchmarks/cifar10.py --source DATA/cifar-10/train --quick   # 20 images a class: to try it
 
-**The set.** ``/work/shared/data/cifar-10/train``: CIFAR-10's 50,000 training images (JPEG
-re-encodings; the 10,000 test images are not there). 500 images of every class are held out
+**The set.** ``--source`` (required), CIFAR-10's training images as ``<class>/`` folders, such as
+``DATA/cifar-10/train``: its 50,000 training images (there JPEG re-encodings; the 10,000 test
+images are not there). 500 images of every class are held out
 as ``val/`` by the same seeded permutation as ``benchmarks/cifar10_lt.py`` (so the two scripts
 evaluate on the same 5,000 images), the other 4,500 of each class are ``train/``: 45,000 / 5,000,
 symlinks under ``--work``. Everything is tuned on ``val/``; the figure on CIFAR-10's official
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cifar10_lt import CLASSES, SOURCE, build_set, machine, run_logged, tail  # noqa: E402
+from cifar10_lt import CLASSES, build_set, machine, run_logged, tail  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 THRESHOLDS = (0.80, 0.85, 0.90, 0.93)
@@ -99,9 +100,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="20 training / 5 held-out images a class")
     p.add_argument("--warm", action="store_true", help="keep the decoded cache of an earlier run")
     p.add_argument("--note", default="", help="how it was run (pinned, alone...), kept in result.json")
-    p.add_argument("--source", type=Path, default=SOURCE, help="CIFAR-10's train/<class>/ folder")
+    p.add_argument("--source", type=Path, required=True,
+                   help="CIFAR-10's training images as <class>/ folders, e.g. DATA/cifar-10/train")
     p.add_argument("--work", type=Path, default=Path("runs/cifar10"), help="the set, runs and cache")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.source.is_dir():
+        p.error(f"--source {args.source}: not a folder (CIFAR-10's training images as <class>/ folders)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

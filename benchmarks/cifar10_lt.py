@@ -1,14 +1,16 @@
 """CIFAR-10-LT: ``resnet train --balance none``, ``loss`` and ``sampler`` at the same budget.
 
-    python benchmarks/cifar10_lt.py                       # three runs of 30 epochs
-    python benchmarks/cifar10_lt.py --epochs 60 --seeds 0 1 --extra-args "--image-size 32 --lr 0.05"
-    python benchmarks/cifar10_lt.py --quick               # 100 head images, 1 epoch: to try the script
+    python benchmarks/cifar10_lt.py --source DATA/cifar-10/train           # three runs of 30 epochs
+    python benchmarks/cifar10_lt.py --source DATA/cifar-10/train --epochs 60 --seeds 0 1 \
+        --extra-args "--image-size 32 --lr 0.05"
+    python benchmarks/cifar10_lt.py --source DATA/cifar-10/train --quick   # 100 head images, 1 epoch: to try it
 
 **The set.** The long-tail protocol of Cao et al. (LDAM-DRW, NeurIPS 2019): imbalance ratio 100,
 class i (0-based, in CIFAR-10's order airplane, automobile, ..., truck, which is also the folders'
-alphabetical order) keeps n_i = int(n_max * (1/100)^(i/9)) training images. The source is
-``/work/shared/data/cifar-10/train``: CIFAR-10's 50,000 training images only (JPEG re-encodings;
-the 10,000 test images are not there), 5,000 a class.
+alphabetical order) keeps n_i = int(n_max * (1/100)^(i/9)) training images. The source
+(``--source``, required) is CIFAR-10's training images as ``<class>/`` folders, such as
+``DATA/cifar-10/train``: its 50,000 training images only (there JPEG re-encodings; the 10,000 test
+images are not there), 5,000 a class.
 
 **The evaluation part, held out first.** Before any training image is chosen, 500 images of every
 class (5,000 in all, balanced) are held out, chosen per class by a seeded permutation (``--data-seed``);
@@ -50,7 +52,6 @@ from typing import Any
 
 import numpy as np
 
-SOURCE = Path("/work/shared/data/cifar-10/train")
 RESULTS = Path(__file__).resolve().parent / "results"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 BALANCES = ("none", "loss", "sampler")
@@ -203,11 +204,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="--seed of the runs (default 0)")
     p.add_argument("--balances", nargs="+", choices=BALANCES, default=list(BALANCES))
     p.add_argument("--extra-args", default=EXTRA, help=f"more resnet train options (default: {EXTRA!r})")
-    p.add_argument("--source", type=Path, default=SOURCE, help="CIFAR-10's train/<class>/ folder")
+    p.add_argument("--source", type=Path, required=True,
+                   help="CIFAR-10's training images as <class>/ folders, e.g. DATA/cifar-10/train")
     p.add_argument("--data-seed", type=int, default=0, help="seeds which images are held out and kept")
     p.add_argument("--work", type=Path, default=Path("runs/cifar10-lt"),
                    help="the set, the runs and the decoded cache (default runs/cifar10-lt)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not args.source.is_dir():
+        p.error(f"--source {args.source}: not a folder (CIFAR-10's training images as <class>/ folders)")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

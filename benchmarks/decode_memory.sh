@@ -3,11 +3,17 @@
 # (python benchmarks/scale.py makes them) decoded into a fresh cache at 128 px, 2 workers,
 # inside a cgroup-v1 memory group; the peak over the whole process tree, and the peak while no
 # decode worker is alive (the Python process with torch imported and the files listed). Run as root, alone.
+# Usage: benchmarks/decode_memory.sh DIR   (a folder scale.py made, e.g. ROOT/n10000)
+# (The script runs from the repository root: a relative path is taken from there.)
 set -u
+if [ $# -lt 1 ]; then
+    echo "usage: $0 DIR   (an image folder with DIR/train/, e.g. ROOT/n10000 from benchmarks/scale.py --root ROOT)" >&2
+    exit 2
+fi
+DATA=$1
 cd "$(dirname "$0")/.."
-DATA=${1:-/tmp/resnet-scale/n10000}
 G=/sys/fs/cgroup/memory/resnet-decode-memory; mkdir -p $G
-CACHE=$(mktemp -d /tmp/resnet-decode-cache-XXXX); peak=0; alone=0
+CACHE=$(mktemp -d --tmpdir resnet-decode-cache-XXXX); peak=0; alone=0
 ( echo $BASHPID > $G/cgroup.procs; exec env RESNET_CACHE=$CACHE .venv/bin/python -c "
 import sys, time
 from resnet.cache import decode

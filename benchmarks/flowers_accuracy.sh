@@ -5,10 +5,15 @@
 # 2 cores, two concurrent 2-thread runs thrash). Results land in benchmarks/results/.
 # Afterwards `python benchmarks/eval_sizes.py RUN_DIR` scores the checkpoints at other sizes, with and
 # without flip TTA.
-# Usage: benchmarks/flowers_accuracy.sh [DATA_DIR]   (default ../shared/data)
+# Usage: benchmarks/flowers_accuracy.sh DATA_DIR   (the folder holding flowers-102/)
+# (The script runs from the repository root: a relative path is taken from there.)
 set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "usage: $0 DATA_DIR   (the folder holding flowers-102/)" >&2
+    exit 2
+fi
+data=$1
 cd "$(dirname "$0")/.."
-data=${1:-../shared/data}
 common=(--dataset flowers102 --data-dir "$data" --split tutorial --arch resnet18 --image-size 112 --epochs 40 --quiet)
 # The default recipe of that table (before the time-to-accuracy work): batch 16, lr 0.025, one size, evaluated every epoch.
 resnet train "${common[@]}" --recipe default --batch-size 16 --lr 0.025 --min-image-size 112 --eval-every 1 \

@@ -4,16 +4,21 @@
 # their top-1 agreement and the median onnxruntime latency of each at batch 1 and 32. Pinned to
 # one core (taskset -c 1, one thread), as the machine of the recorded results allowed; the CPU, its
 # vector extensions and the load before the run go at the top of the log.
-# Usage: benchmarks/int8_export.sh [RUN_DIR] [DATA_DIR]
-#   RUN_DIR:  a run with best.pt or last.pt (default runs/flowers102-resnet18-112-default-v2, the
+# Usage: benchmarks/int8_export.sh RUN_DIR DATA_DIR
+#   RUN_DIR:  a run with best.pt or last.pt (e.g. runs/flowers102-resnet18-112-default-v2, the
 #             run of benchmarks/results/flowers102-resnet18-112-default-v2/, whose checkpoint is not kept there)
-#   DATA_DIR: the folder holding flowers-102/ (default ../shared/data)
-# The log lands in OUT (default /tmp/int8-export), with the two ONNX files.
+#   DATA_DIR: the folder holding flowers-102/
+# The log lands in OUT (default runs/int8-export), with the two ONNX files.
+# (The script runs from the repository root: a relative path is taken from there.)
 set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 RUN_DIR DATA_DIR   (a run with best.pt or last.pt; the folder holding flowers-102/)" >&2
+    exit 2
+fi
+run=$1
+data=$2
 cd "$(dirname "$0")/.."
-run=${1:-runs/flowers102-resnet18-112-default-v2}
-data=${2:-../shared/data}
-out=${OUT:-/tmp/int8-export}
+out=${OUT:-runs/int8-export}
 mkdir -p "$out"
 if [ ! -e "$run/best.pt" ] && [ ! -e "$run/last.pt" ]; then
     echo "no best.pt or last.pt in $run: train one first (benchmarks/time_to_accuracy.sh, or resnet train)" >&2

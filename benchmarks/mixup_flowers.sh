@@ -8,10 +8,15 @@
 # flowers102-resnet18-112-default-v2, so that all four share one version of the code and of the
 # evaluation size. About 45 minutes a run on 2 CPU cores, 3 hours in all; give the runs the machine
 # to themselves. A table of the four summaries is printed at the end.
-# Usage: benchmarks/mixup_flowers.sh [DATA_DIR]   (default ../shared/data)
+# Usage: benchmarks/mixup_flowers.sh DATA_DIR   (the folder holding flowers-102/)
+# (The script runs from the repository root: a relative path is taken from there.)
 set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "usage: $0 DATA_DIR   (the folder holding flowers-102/)" >&2
+    exit 2
+fi
+data=$1
 cd "$(dirname "$0")/.."
-data=${1:-../shared/data}
 prefix=flowers102-resnet18-112-default
 declare -A options=(
     [none]=""

@@ -1,14 +1,15 @@
 """How ``resnet train`` copes with ImageNet-shaped image folders, through the command line only.
 
-    python benchmarks/scale.py --sizes 10000 40000 160000
-    python benchmarks/scale.py --quick            # 2,000 images in 20 classes, to try the script
+    python benchmarks/scale.py --root ROOT --sizes 10000 40000 160000
+    python benchmarks/scale.py --root ROOT --quick     # 2,000 images in 20 classes, to try the script
 
 For each N it writes (once, then reuses) a synthetic folder ``ROOT/nN/{train,val}/<class>/<i>.JPEG``
-under ``--root``: 1,000 classes, N training images in all and N/50 validation images (at least one
-per class), JPEGs of 400-500 x 300-375 (a quarter portrait) at quality 85, ~30-90 KB each, as
-ImageNet's. Then it runs ``resnet train --dataset imagefolder --data-dir ROOT/nN --epochs 1
---batch-size 64 --image-size 112 --quiet`` as a subprocess and times its start-up: from the command's
-start to the line starting with ``run ``, which a run prints just before its first training step.
+under ``--root`` (required: a folder with room for them, see the end): 1,000 classes, N training
+images in all and N/50 validation images (at least one per class), JPEGs of 400-500 x 300-375
+(a quarter portrait) at quality 85, ~30-90 KB each, as ImageNet's. Then it runs ``resnet train
+--dataset imagefolder --data-dir ROOT/nN --epochs 1 --batch-size 64 --image-size 112 --quiet`` as a
+subprocess and times its start-up: from the command's start to the line starting with ``run ``,
+which a run prints just before its first training step.
 The run is then stopped with SIGTERM, and exits on its own.
 
 - **cold decode**: a fresh, empty ``RESNET_CACHE``, on all the CPUs this script may use, then on one
@@ -840,7 +841,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10000, 40000, 160000],
                         help="training images per folder (N/1000 per class)")
     parser.add_argument("--quick", action="store_true", help="N=2000 in 20 classes, to try the script")
-    parser.add_argument("--root", type=Path, default=Path("/tmp/resnet-scale"), help="where the folders are made")
+    parser.add_argument("--root", type=Path, required=True,
+                        help="where the folders are made (and the caches and runs, under ROOT/work)")
     parser.add_argument("--out", type=Path, help="the JSON (default: benchmarks/results/scale-<date>.json)")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds a run has to reach its run line")
     parser.add_argument("--memory-limit", type=parse_bytes, default=2 * 2**30, help="the cgroup's limit (2G)")
