@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -156,6 +157,23 @@ def test_calibrate_stores_the_temperature_in_both_checkpoints_and_the_config(tin
     from resnet.config import load_config
 
     assert load_config(run).arch == "resnet18"
+
+
+def test_a_train_on_a_run_being_calibrated_is_told_what_holds_it(tiny_run, tmp_path, capsys, monkeypatch):
+    import resnet.calibrate
+
+    run = copy_run(tiny_run, tmp_path)
+    fit, refused = resnet.calibrate.fit_checkpoint, []
+
+    def fit_while_a_train_tries_the_run(logits, labels, bins):
+        refused.append((main(["train", "--resume", str(run), "--epochs", "2"]), capsys.readouterr().err))
+        return fit(logits, labels, bins)
+
+    monkeypatch.setattr(resnet.calibrate, "fit_checkpoint", fit_while_a_train_tries_the_run)
+    assert main(["calibrate", str(run), "--workers", "0", "--device", "cpu"]) == 0
+    code, err = refused[0]
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{run} is in use by another resnet calibrate (process {os.getpid()} on " in err
 
 
 def test_calibrate_prints_ece_before_and_after(tiny_run, tmp_path, capsys):

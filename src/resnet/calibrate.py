@@ -299,7 +299,7 @@ def locked_run(run_dir: Path) -> Iterator[None]:
     if not (run_dir / "config.json").is_file():
         yield
         return
-    claimed = claim_existing(run_dir)
+    claimed = claim_existing(run_dir, "calibrate")
     try:
         yield
     finally:

@@ -4,7 +4,9 @@ A run directory holds one run. ``resnet train`` claims it with an exclusive ``fl
 ``RUN/.lock`` before it reads any data, so a second process on the same directory is
 refused at once, however close together the two start. The kernel drops the lock when
 its process ends, however it ends (kill -9 included): a lock file left behind by a dead
-process is free to take, and taking it over says whose it was.
+process is free to take, and taking it over says whose it was. ``resnet calibrate`` takes
+the same lock while it rewrites a run's checkpoints; the lock file names the command that
+holds it, so a refused process is told which.
 
 A fresh run that ends before its first checkpoint leaves no directory behind: there
 would be nothing in it to resume.
@@ -133,25 +135,34 @@ def refuse_unless_empty(path: Path) -> None:
                            "or choose another --out")
 
 
-def claim_existing(path: Path) -> RunDirectory:
-    """Lock the directory of a run to resume."""
+def claim_existing(path: Path, command: str = "train") -> RunDirectory:
+    """Lock the directory of a run, for the resnet ``command`` that will change it (a resumed
+    train, or calibrate); the lock file names that command to whoever else tries."""
     lock, left_by = lock_run_dir(path)
-    return take(RunDirectory(path, fresh=False, lock=lock), left_by)
+    return take(RunDirectory(path, fresh=False, lock=lock), left_by, command)
 
 
-def take(run_dir: RunDirectory, left_by: str) -> RunDirectory:
+def take(run_dir: RunDirectory, left_by: str, command: str = "train") -> RunDirectory:
     """Write this process into the lock file, saying so when it takes over a dead one's."""
     if left_by:
         warnings.warn(f"{run_dir.path}: taking over the lock left by {left_by}, which is no longer running",
                       stacklevel=2)
     if run_dir.lock is not None:
         os.ftruncate(run_dir.lock, 0)
-        os.pwrite(run_dir.lock, holder().encode(), 0)
+        os.pwrite(run_dir.lock, holder(command).encode(), 0)
     return run_dir
 
 
-def holder() -> str:
-    return f"process {os.getpid()} on {socket.gethostname()}"
+def holder(command: str) -> str:
+    return f"resnet {command} (process {os.getpid()} on {socket.gethostname()})"
+
+
+def holder_in_words(written: str) -> str:
+    """What a lock file says of its holder, after "another": a lock written before it named
+    the command (or an empty one) says only that it is a resnet process."""
+    if written.startswith("resnet "):
+        return written
+    return f"resnet process ({written})" if written else "resnet process"
 
 
 def lock_run_dir(path: Path) -> tuple[int | None, str]:
@@ -168,9 +179,9 @@ def lock_run_dir(path: Path) -> tuple[int | None, str]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            who = read_holder(fd) or "another process"
+            who = holder_in_words(read_holder(fd))
             os.close(fd)
-            raise ClaimRefused(f"{path} is in use by another resnet train ({who}); wait for it to end, "
+            raise ClaimRefused(f"{path} is in use by another {who}; wait for it to end, "
                                "or choose another directory") from None
         # The last holder removes the file as it lets go: a lock taken on the file it
         # removed guards nothing, so lock the one that is there now.
