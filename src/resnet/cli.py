@@ -88,9 +88,10 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
     from dataclasses import fields
 
     from resnet.config import TrainConfig
+    from resnet.helptext import field_help
 
     for f in fields(TrainConfig):
-        text = f.metadata["help"]
+        text = field_help(f)
         if f.name in skip:
             continue
         if f.type == "bool":
@@ -99,20 +100,20 @@ def add_config_options(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -
             p.add_argument(flag(f.name), choices=list_models(), default=None, help=text)
         elif f.name == "lr":
             p.add_argument(flag(f.name), type=learning_rate, default=None, metavar="LR",
-                           help=f"{text}; auto: the suggestion of a range test (resnet lr-find) run first, "
-                                "its plot in RUN_DIR/lr_find.png, the number in config.json")
+                           help=field_help(f, "; auto: the suggestion of a range test (resnet lr-find) run first, "
+                                              "its plot in RUN_DIR/lr_find.png, the number in config.json"))
         else:
             p.add_argument(flag(f.name), type=TRAIN_TYPES[f.type], choices=CHOICES.get(f.name), default=None,
                            help=text, metavar=None if f.name in CHOICES else f.name.split("_")[-1].upper())
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "train", help="train a model (defaults: the built-in petals dataset)",
-        description="Train a ResNet. Every option overrides the recipe; an option not given keeps the "
-                    "value of the recipe and the dataset's preset (see resnet.config). The resolved "
-                    "config is saved as RUN_DIR/config.json.")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from RUN_DIR/last.pt")
+    from resnet.helptext import train_description
+
+    p = subparsers.add_parser("train", help="train a model (defaults: the built-in petals dataset)",
+                              description=train_description())
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from RUN_DIR/last.pt (default: start a new run)")
     add_config_options(p)
     p.set_defaults(run=run_train)
 

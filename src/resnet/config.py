@@ -30,10 +30,12 @@ def option(default: Any, help: str) -> Any:
 class TrainConfig:
     # data
     dataset: str = option("petals", "petals (built in) | flowers102 | imagefolder")
-    data_dir: str | None = option(None, "where the dataset is: the folder holding flowers-102/, or the image folder")
+    data_dir: str | None = option(None, "where the dataset is: the folder holding flowers-102/, or the image folder "
+                                        "(default: for flowers102, $RESNET_DATA, else ~/.cache/resnet/data; with "
+                                        "--labels, the label file's folder)")
     split: str = option("tutorial", "flowers102: tutorial (train on 'test', evaluate on 'train') | official")
-    labels: str | None = option(None, "a CSV or TSV label file (columns: path, label, optionally split), paths "
-                                      "relative to --data-dir (default: the file's folder); implies imagefolder")
+    labels: str | None = option(None, "a CSV or TSV label file (columns: path, label, optionally split), its "
+                                      "paths relative to --data-dir, else to the file's folder; implies imagefolder")
     val_fraction: float = option(0.2, "imagefolder without train/ and val/ (or a label file without a split "
                                       "column): share of each class held out")
     balance: str = option("none", "class imbalance: none | loss (inverse-frequency class weights in the loss) | "
@@ -45,7 +47,8 @@ class TrainConfig:
                                    "max-pool: for images of about 32 px, as CIFAR ResNets) | small-pool (the "
                                    "small stem's convolution, then the max-pool: a quarter of its cost)")
     zero_init_residual: bool = option(True, "start each residual branch's last BatchNorm at zero")
-    weights: str | None = option(None, "initial weights: imagenet, or a checkpoint / state_dict file")
+    weights: str | None = option(None, "initial weights: imagenet, or a checkpoint / state_dict file "
+                                          "(default: none: random initialization)")
     freeze_backbone: bool = option(False, "train the classifier only: a linear probe")
     head_epochs: int | None = option(None, "epochs training the head alone first (default: 1 with --weights, else 0)")
     backbone_lr_scale: float | None = option(
@@ -55,23 +58,25 @@ class TrainConfig:
                                     "tutorial (the tutorial's, exactly)")
     epochs: int = option(64, "training epochs")
     eval_every: int | None = option(None, "evaluate after every N epochs and after the last (0: after the last "
-                                          "only; default: about ten evaluations a run, epochs / 10)")
+                                          "only) (default: epochs / 10, rounded, at least 1: about ten a run)")
     batch_size: int = option(32, "images per optimizer step (the global batch under torchrun)")
     image_size: int = option(112, "training crop side, pixels (with --min-image-size: the final one)")
     min_image_size: int | None = option(
-        None, "progressive resizing: the training crop grows linearly from this size to --image-size "
-              "(default and fast recipes: 4/7 of --image-size; equal to --image-size: one size throughout)")
+        None, "progressive resizing: the training crop grows from this size to --image-size (equal to "
+              "--image-size: one size throughout) (default: 4/7 of --image-size, rounded down to a multiple of 16, "
+              "at least 32, under the default and fast recipes; one size throughout for petals, with --recipe "
+              "tutorial and for small images)")
     progressive_from: float = option(0.0, "progressive resizing: fraction of the epochs trained at "
                                           "--min-image-size before the crop starts to grow")
     progressive_until: float = option(0.85, "progressive resizing: fraction of the epochs by which the crop "
                                             "reaches --image-size")
     progressive_step: int = option(16, "progressive resizing: the smaller crops are multiples of this, each "
-                                       "trained for an equal share of the ramp (32, the network's stride, "
-                                       "skips 80 px for 112: its layer4 map is 96 px's 3x3)")
+                                       "trained for an equal share of the ramp")
     eval_image_size: int | None = option(
-        None, "evaluation resize (default: image size / the mean side of a training crop, FixRes: 9/7 of it at "
-              "--min-scale 0.25; petals at their preset 56: 64)")
-    cache_size: int | None = option(None, "side of the decoded training cache (default: image size * 8/7)")
+        None, "evaluation resize, pixels; a dataset preset's value holds with the preset's --image-size only "
+              "(default: the training size over the mean side of a random-resized crop (FixRes), 9/7 of "
+              "--image-size at --min-scale 0.25, or --image-size with --crop-padding)")
+    cache_size: int | None = option(None, "side of the decoded training cache (default: 8/7 of --image-size)")
     optimizer: str = option("sgd", "sgd (with --momentum and --nesterov) | adamw (decoupled weight decay)")
     lr: float = option(0.05, "peak learning rate, for this batch size")
     momentum: float = option(0.9, "SGD momentum")
