@@ -5,7 +5,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import signal
+import stat
 import urllib.error
 from pathlib import Path
 
@@ -519,6 +521,33 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         save_atomic({"version": 2}, path)
     assert load_checkpoint(path) == {"version": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_a_runs_files_are_made_as_open_makes_them_under_the_umask(folder, tmp_path, umask_022):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), *TINY, "--epochs", "1",
+                 "--out", str(out)]) == 0
+    modes = {path.name: oct(stat.S_IMODE(path.stat().st_mode)) for path in out.iterdir()}
+    assert {"last.pt", "best.pt", "config.json", "metrics.csv", "summary.json"} <= set(modes)
+    assert modes == dict.fromkeys(modes, "0o644")
+
+
+def test_a_rewritten_file_keeps_its_mode(tmp_path, umask_022):
+    """As open() keeps the mode of a file it truncates: one a user shared with a group, or made
+    private, stays so."""
+    path = tmp_path / "best.pt"
+    save_atomic({"version": 1}, path)
+    for mode in (0o640, 0o600):
+        path.chmod(mode)
+        save_atomic({"version": mode}, path)
+        assert stat.S_IMODE(path.stat().st_mode) == mode and load_checkpoint(path) == {"version": mode}
 
 
 # --- faults -----------------------------------------------------------------------------------

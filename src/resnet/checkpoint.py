@@ -12,8 +12,9 @@ import errno
 import io
 import math
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -63,14 +64,16 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], nee
     """Call ``write(file)`` on a temporary file in the same folder, flush it to disk, then
     rename it over ``path``: a crash at any moment leaves either the old file or the new
     one, never half, and a concurrent reader never sees a partial file. The temporary
-    name is unique (``mkstemp``), so processes on several machines sharing a folder
-    cannot collide. A full disk is a ``DiskFull`` error (``needed``: the bytes it would
-    have taken, when known)."""
+    name is unique (random, created exclusively), so processes on several machines sharing
+    a folder cannot collide. The file gets the mode ``open()`` would give it: the old
+    file's, else 0o666 less the umask. A full disk is a ``DiskFull`` error (``needed``:
+    the bytes it would have taken, when known)."""
     path = Path(path)
     temporary = None
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        descriptor, temporary = create_temporary(path)
         with os.fdopen(descriptor, "wb") as f:
+            keep_mode(temporary, path)
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -82,6 +85,29 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[bytes]], Any], nee
     finally:
         if temporary is not None:
             Path(temporary).unlink(missing_ok=True)
+
+
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path``, open for writing, under a random name no other process
+    holds. ``tempfile.mkstemp`` would make it 0o600, and with it every run file private
+    whatever the umask; ``open()`` creates 0o666 less the umask, and so does this."""
+    while True:
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+        try:
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        return descriptor, temporary
+
+
+def keep_mode(temporary: Path, path: Path) -> None:
+    """The mode of the file ``temporary`` will replace, as ``open()`` keeps it when it truncates
+    a file (a run a user has made private, or shared with a group, stays so)."""
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return
+    os.chmod(temporary, mode)
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
