@@ -19,7 +19,7 @@ from conftest import make_image_folder
 from resnet import cache
 from resnet.cache import Index, Store, decode
 from resnet.config import resolve_config
-from resnet.data import IMAGE_EXTENSIONS, ImageFiles, load_splits
+from resnet.data import IMAGE_EXTENSIONS, ImageFiles, classic_loader, load_splits
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.pipeline import Prefetcher, load_run_data
@@ -160,7 +160,7 @@ def test_decode_workers_follow_the_cpus_the_process_may_use(source, monkeypatch,
         warnings.simplefilter("error")  # no "too many workers" warning from torch
         decode(source, 24)
     assert made == [workers]
-    assert resolve_config({}).resolved_workers() == len(cpus)
+    assert classic_loader(source, [torch.arange(2)], None, None, 0).num_workers == len(cpus)
 
 
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")

@@ -71,7 +71,8 @@ def test_weights_of_the_other_stem_are_named_as_such(small_run, tmp_path):
 
 
 def resolved(data, *options):
-    from resnet.config import images_side, resolve_config
+    from resnet.assembly import images_side
+    from resnet.config import resolve_config
 
     overrides = {"dataset": "imagefolder", "data_dir": str(data), **dict(options)}
     return resolve_config(overrides, images_side(overrides))
@@ -93,7 +94,8 @@ def test_small_images_get_the_small_image_defaults_and_say_so(small_run, tmp_pat
 
 
 def test_the_small_image_recipe_follows_the_device(small_run):
-    from resnet.config import images_side, resolve_config
+    from resnet.assembly import images_side
+    from resnet.config import resolve_config
 
     overrides = {"dataset": "imagefolder", "data_dir": str(small_run["data"])}
     side = images_side(overrides)
@@ -132,7 +134,7 @@ def test_a_label_files_images_are_sampled_too(small_run, tmp_path):
 
 
 def test_a_label_file_alone_gets_the_small_image_defaults_as_with_its_folder(small_run, tmp_path, capsys):
-    from resnet.config import train_config
+    from resnet.assembly import train_config
 
     rows = [f"{path.relative_to(small_run['data'])},{path.parent.name}"
             for path in sorted((small_run["data"] / "train").rglob("*.png"))]
@@ -149,7 +151,8 @@ def test_a_label_file_alone_gets_the_small_image_defaults_as_with_its_folder(sma
 
 
 def test_a_data_folder_alone_means_an_image_folder(small_run):
-    from resnet.config import resolve_config, train_config
+    from resnet.assembly import train_config
+    from resnet.config import resolve_config
 
     assert resolve_config({"data_dir": str(small_run["data"])}).dataset == "imagefolder"
     config = train_config({"data_dir": str(small_run["data"]), "device": "cpu"})

@@ -36,20 +36,17 @@ import torch
 from PIL import Image
 
 from resnet import augment, petals
+from resnet.assembly import build_parts, training_step
 from resnet.config import MAX_IMAGE_SIZE, resolve_config
 from resnet.cache import cache_dir, decode
 from resnet.data import ImageFiles, classic_loader, flowers102_splits, list_class_folders
 from resnet.errors import ResnetError
 from resnet.hardware import PRECISION_NAMES, cpu_supports_bf16, select_device, select_precision
-from resnet.model import get_model
 from resnet.pipeline import FastTrainBatches, augment_spec
-from resnet.optim import has_fused_optimizer
 from resnet.sampling import generator_for
-from resnet.step import TrainStep
 from resnet.words import plural
 
 GENERATED_VERSION = 1  # bump when the generated images change
-TUTORIAL_LR, TUTORIAL_MOMENTUM = 0.02, 0.9
 FORMATS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 BUSY_WARNING = 0.2  # share of CPU time used by other work before a run that earns a warning
 
@@ -172,19 +169,17 @@ def median(values: list[float]) -> float:
 
 
 class Trainer:
-    """A model and its SGD optimizer, one training step at a time (training's own step).
-    ``fused``: training's fused SGD update where the device has one (the tutorial's is the
-    default per-tensor loop)."""
+    """The tutorial's recipe (SGD, its lr and momentum) for ``arch``, assembled as a run assembles
+    its model and step, one training step at a time. ``fused``: training's fused SGD update where
+    the device has one (the tutorial's is the default per-tensor loop)."""
 
     def __init__(self, arch: str, num_classes: int, device: torch.device, dtype: torch.dtype | None,
                  memory_format: torch.memory_format, seed: int, compile: bool = False, fused: bool = True) -> None:
-        torch.manual_seed(seed)
-        model = get_model(arch, num_classes=num_classes).to(device, memory_format=memory_format).train()
-        optimizer = torch.optim.SGD(model.parameters(), lr=TUTORIAL_LR, momentum=TUTORIAL_MOMENTUM,
-                                    fused=fused and has_fused_optimizer(device))
-        # As training's --compile does: the model compiled, the step around it the same.
-        self.train_step = TrainStep(torch.compile(model) if compile else model, optimizer, device, dtype,
-                                    memory_format)
+        config = resolve_config({"recipe": "tutorial", "arch": arch, "seed": seed, "compile": compile,
+                                 "channels_last": memory_format == torch.channels_last})
+        parts = build_parts(config, num_classes, device, dtype, fused=fused)
+        parts.model.train()
+        self.train_step = training_step(config, parts, device, dtype)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> int:
         self.train_step(images, labels)

@@ -152,7 +152,7 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from resnet.config import train_config
+    from resnet.assembly import train_config
     from resnet.lrfind import check_folder, check_range, lr_find_command
 
     check_range(args.steps, args.start_lr, args.end_lr)  # before the line the training defaults may print

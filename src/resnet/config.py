@@ -15,10 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet.errors import ResnetError
-from resnet.hardware import available_cpus, select_device
 from resnet.model import STEMS, list_models
-from resnet.trackers import tracker_names
-from resnet.words import plural
 
 
 def option(default: Any, help: str) -> Any:
@@ -142,10 +139,6 @@ class TrainConfig:
 
     def resolved_backbone_lr_scale(self) -> float:
         return self.backbone_lr_scale if self.backbone_lr_scale is not None else (0.1 if self.weights else 1.0)
-
-    def resolved_workers(self) -> int:
-        # Asked at run time, not saved: a resumed run uses the CPUs it has where it resumes.
-        return self.workers if self.workers is not None else available_cpus()
 
     def resolved_cache_size(self) -> int:
         return self.cache_size or round(self.image_size * 8 / 7)
@@ -334,6 +327,20 @@ def absolute(path: str) -> str:
     return os.path.abspath(os.path.expanduser(path))
 
 
+# The experiment trackers that --log can name.
+TRACKERS = ("tensorboard", "mlflow")
+
+
+def tracker_names(text: str) -> list[str]:
+    """The trackers that ``--log`` names, comma-separated (empty: none); an unknown one is an error."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise ResnetError(f"--log must name trackers among {', '.join(TRACKERS)} (comma-separated), "
+                          f"got {unknown[0]!r}")
+    return list(dict.fromkeys(names))
+
+
 # The allowed values of the config's choice fields, for validation and for the CLI.
 CHOICES: dict[str, tuple[str, ...]] = dict(
     dataset=("petals", "flowers102", "imagefolder"), split=("tutorial", "official"), recipe=tuple(RECIPES),
@@ -481,43 +488,3 @@ def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:
     except ResnetError as error:
         raise ResnetError(f"resuming {run_dir}: {error}") from None
     return config
-
-
-def train_config(overrides: dict[str, Any], resume: str | os.PathLike | None = None) -> TrainConfig:
-    """The config of ``resnet train`` and ``resnet.train``: with ``resume``, that run's saved one
-    with the options that may change; else one resolved from ``overrides`` (None: not given) and,
-    when they leave the size and the stem to the images, the images' typical size; small images
-    get the small-image defaults, said in a line, since they change the model and the recipe."""
-    if resume is not None:
-        return resume_config(Path(resume), overrides)
-    side = images_side(overrides)
-    if side is None or side > SMALL_IMAGE_SIDE:
-        return resolve_config(overrides, side)
-    device_type = select_device(overrides.get("device") or TrainConfig.device).type
-    config = resolve_config(overrides, side, device_type)
-    print(f"images of about {side} px on the shorter side: {describe_small_image_choice(config, device_type)} "
-          f"(--image-size or --stem chooses otherwise)")
-    return config
-
-
-def describe_small_image_choice(config: TrainConfig, device_type: str) -> str:
-    """What the small-image defaults chose, as said before a run: for a CPU, also the GPU's choice."""
-    chose = (f"{config.arch} with the {config.stem} stem at {config.image_size} px, pad-and-crop "
-             f"{config.crop_padding} px, {plural(config.epochs, 'epoch')}")
-    if device_type != "cpu":
-        return chose
-    gpu = SMALL_IMAGE_RECIPE
-    return f"on a CPU, {chose} (with a GPU: {gpu['arch']}, the {gpu['stem']} stem, {gpu['epochs']} epochs)"
-
-
-def images_side(overrides: dict[str, Any]) -> int | None:
-    """The typical shorter side of a fresh run's images, when its options leave the size and the
-    stem to them."""
-    from resnet.data import sample_image_files, typical_shorter_side
-
-    labels = overrides.get("labels")
-    data_dir = overrides.get("data_dir") or (os.path.dirname(absolute(labels)) if labels else None)
-    if not wants_image_defaults(overrides) or not data_dir:
-        return None
-    sample = sample_image_files(os.path.expanduser(data_dir), labels)
-    return typical_shorter_side(sample)

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from resnet import petals
 from resnet.errors import ResnetError
+from resnet.hardware import available_cpus
 from resnet.signals import leave_signals_to_the_main_process
 from resnet.words import plural
 
@@ -447,10 +448,11 @@ class _ResizeToTensor:
         return torch.from_numpy(np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy())
 
 
-def classic_loader(source: Source, batches: list[torch.Tensor], transform: Callable, workers: int,
+def classic_loader(source: Source, batches: list[torch.Tensor], transform: Callable, workers: int | None,
                    seed: int) -> DataLoader:
-    """The tutorial's pipeline: per-image PIL transforms in DataLoader workers, over the
-    given batches of indices."""
+    """The tutorial's pipeline: per-image PIL transforms in DataLoader workers (None: one per
+    CPU this process may use, asked where it runs), over the given batches of indices."""
+    workers = available_cpus() if workers is None else workers
     dataset = copy.copy(source)
     dataset.transform = transform
     return DataLoader(dataset, batch_sampler=[b.tolist() for b in batches], num_workers=workers,

@@ -189,7 +189,7 @@ def decoded_eval_batches(data: DecodedImages, batch_size: int, device: torch.dev
         yield normalize(data.gather(indices).to(device)), data.labels[indices]
 
 
-def classic_eval_batches(source: Source, image_size: int, batch_size: int, workers: int,
+def classic_eval_batches(source: Source, image_size: int, batch_size: int, workers: int | None,
                          topology: Topology = Topology()) -> Batches:
     """The tutorial's evaluation: Resize((s, s)) per image in DataLoader workers."""
     transform = augment.classic_eval_transform(image_size)

@@ -24,18 +24,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from resnet import augment
+from resnet.assembly import TrainInputs, build_parts, training_step
 from resnet.config import TrainConfig
-from resnet.data import DataSplits, classic_loader, load_splits
+from resnet.data import DataSplits, load_splits
 from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.hardware import select_device, select_precision
-from resnet.mixing import BatchMixer, mix_generator
-from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate
-from resnet.pipeline import FastTrainBatches, RunData, augment_spec, load_run_data
+from resnet.optim import freeze_backbone_batchnorm, group_learning_rate
+from resnet.pipeline import RunData, load_run_data
 from resnet.progress import progress_bar
-from resnet.sampling import class_weights, generator_for, labels_tensor, run_epoch_batches
-from resnet.step import TrainStep, build_model, check_batchnorm_can_train
+from resnet.sampling import labels_tensor, run_epoch_batches
+from resnet.step import TrainStep, check_batchnorm_can_train
 from resnet.words import plural
 
 START_LR, END_LR, STEPS = 1e-7, 10.0, 100  # fastai's defaults
@@ -98,7 +97,7 @@ def find_lr(config: TrainConfig, steps: int = STEPS, start_lr: float = START_LR,
     data = load_run_data(splits, config, Topology(), check_stop=check_stop)
     check_batchnorm_can_train(config, run_epoch_batches(config, labels_tensor(data.splits.train), 0),
                               len(data.splits.train))
-    step = training_step(config, data.splits, device, dtype)
+    step = range_test_step(config, data.splits, device, dtype)
     inputs = training_inputs(config, data, device)
     try:
         test = range_test(step, config, inputs, lr_schedule(steps, start_lr, end_lr), progress)
@@ -110,46 +109,27 @@ def find_lr(config: TrainConfig, steps: int = STEPS, start_lr: float = START_LR,
     return test, suggest(test)
 
 
-def training_step(config: TrainConfig, splits: DataSplits, device: torch.device,
-                  dtype: torch.dtype | None) -> TrainStep:
-    """The model as a run of ``config`` builds it (seeded alike), its optimizer and step."""
-    torch.manual_seed(config.seed)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = build_model(config, len(splits.classes)).to(device, memory_format=memory_format)
-    model.train()
+def range_test_step(config: TrainConfig, splits: DataSplits, device: torch.device,
+                    dtype: torch.dtype | None) -> TrainStep:
+    """The step a run of ``config`` trains with (the same model, seeded alike), in training mode."""
+    parts = build_parts(config, len(splits.classes), device, dtype)
+    parts.model.train()
     if config.freeze_backbone:
-        freeze_backbone_batchnorm(model)
-    weights = None
-    if config.balance == "loss":
-        counts = torch.bincount(labels_tensor(splits.train), minlength=len(splits.classes))
-        weights = class_weights(counts).to(device)
-    return TrainStep(model, build_optimizer(config, model), device, dtype, memory_format, config.label_smoothing,
-                     class_weights=weights)
+        freeze_backbone_batchnorm(parts.model)
+    counts = torch.bincount(labels_tensor(splits.train), minlength=len(splits.classes))
+    return training_step(config, parts, device, dtype, counts)
 
 
 def training_inputs(config: TrainConfig, data: RunData, device: torch.device
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The run's training batches, as its first epoch makes them (crop size, order, augmentation,
     MixUp or CutMix), epoch after epoch for as long as they are asked for."""
+    inputs = TrainInputs(config, data, device)
     train_labels = labels_tensor(data.splits.train)
-    size = config.image_size_at(0)
-    fast = FastTrainBatches(data.train, config, device) if data.train is not None else None
-    mixer = BatchMixer.from_config(config, len(data.splits.classes))
     for epoch in itertools.count():
         batches = run_epoch_batches(config, train_labels, epoch)
-        if fast is not None:
-            inputs = fast.epoch(batches, (generator_for(config.seed, epoch, step) for step in range(len(batches))),
-                                size)
-        else:
-            transform = augment.classic_train_transform(augment_spec(config), size)
-            inputs = iter(classic_loader(data.splits.train, batches, transform, config.resolved_workers(),
-                                         config.seed * 1000 + epoch))
-        try:
-            for step, (images, labels) in enumerate(inputs):
-                yield mixer(images, labels, mix_generator(config.seed, epoch, step)) if mixer else (images, labels)
-        finally:
-            if hasattr(inputs, "close"):
-                inputs.close()  # the fast pipeline's prefetching thread
+        for step, images, labels in inputs.epoch(epoch, batches, size=config.image_size_at(0)):
+            yield inputs.mixed(images, labels, epoch, step)
 
 
 def range_test(step: TrainStep, config: TrainConfig, inputs: Iterator[tuple[torch.Tensor, torch.Tensor]],

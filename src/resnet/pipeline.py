@@ -73,7 +73,7 @@ def decode_for_run(source: Source, size: int, config: TrainConfig, topology: Top
     each a share of the images it lacks (with its share of the CPUs): a cache on one machine's
     disk is of no use to another, so every machine decodes what it has not got."""
     share = Share(topology.local_rank, topology.local_world_size, lambda: distributed.barrier(topology))
-    return decode(source, size, workers=config.resolved_workers(), draft=draft, check_stop=check_stop,
+    return decode(source, size, workers=config.workers, draft=draft, check_stop=check_stop,
                   progress=None if config.quiet else progress_prefix(topology),
                   share=share if topology.enabled else None)
 

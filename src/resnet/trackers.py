@@ -25,12 +25,12 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from resnet.config import tracker_names
 from resnet.errors import ResnetError
 
 if TYPE_CHECKING:
     from resnet.config import TrainConfig
 
-TRACKERS = ("tensorboard", "mlflow")
 
 # metrics.csv's columns under the names both trackers show, grouped as TensorBoard groups tags.
 TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/images_per_s",
@@ -40,16 +40,6 @@ TAGS = {"train_loss": "train/loss", "lr": "train/lr", "images_per_s": "train/ima
 # The summary's scores of the test split (the official protocol), logged once at the end.
 TEST_TAGS = {"test_top1": "test/top1", "test_top5": "test/top5", "test_macro_f1": "test/macro_f1",
              "test_balanced_accuracy": "test/balanced_accuracy"}
-
-
-def tracker_names(text: str) -> list[str]:
-    """The trackers that ``--log`` names, comma-separated (empty: none); an unknown one is an error."""
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in TRACKERS]
-    if unknown:
-        raise ResnetError(f"--log must name trackers among {', '.join(TRACKERS)} (comma-separated), "
-                          f"got {unknown[0]!r}")
-    return list(dict.fromkeys(names))
 
 
 def required(module: str, extra: str) -> ModuleType:

@@ -22,7 +22,6 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from resnet import augment, distributed
+from resnet import distributed
 from resnet.checkpoint import (
     DiskFull,
     RunState,
@@ -41,10 +40,11 @@ from resnet.checkpoint import (
     save_atomic,
     write_text_atomic,
 )
-from resnet.config import TrainConfig, check_types, train_config
+from resnet.assembly import TrainInputs, build_parts, train_config, training_step
+from resnet.config import TrainConfig, check_types
 from resnet.cache import DecodedImages, readable_parts
-from resnet.data import Source, classic_loader, load_splits
-from resnet.distributed import Topology, shard
+from resnet.data import Source, load_splits
+from resnet.distributed import Topology
 from resnet.errors import ResnetError
 from resnet.evaluation import (
     classic_eval_batches,
@@ -55,17 +55,14 @@ from resnet.evaluation import (
 )
 from resnet.hardware import PRECISION_NAMES, select_device, select_precision
 from resnet.lrfind import with_found_lr
-from resnet.mixing import BatchMixer, mix_generator
 from resnet.model import FlipTTA
-from resnet.pipeline import FastTrainBatches, augment_spec, decode_for_run, load_run_data
+from resnet.pipeline import decode_for_run, load_run_data
 from resnet.plots import evaluated, plot_curves
 from resnet.rundir import RunDirectory, claimed_run_dir
-from resnet.optim import build_optimizer, freeze_backbone_batchnorm, group_learning_rate, learning_rate
+from resnet.optim import freeze_backbone_batchnorm, group_learning_rate, learning_rate
 from resnet.sampling import (
     class_count_line,
-    class_weights,
     format_ratio,
-    generator_for,
     imbalance_ratio,
     labels_tensor,
     run_epoch_batches,
@@ -73,7 +70,7 @@ from resnet.sampling import (
 from resnet.progress import progress_bar
 from resnet.signals import StopSignals, Stopped
 from resnet.trackers import open_trackers
-from resnet.step import TrainStep, build_model, check_batchnorm_can_train
+from resnet.step import check_batchnorm_can_train
 from resnet.words import plural
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
@@ -236,21 +233,9 @@ class Run:
 
     def build_modules(self) -> None:
         """The model (seeded), its optimizer, the fp16 GradScaler and the optional EMA."""
-        config = self.config
-        torch.manual_seed(config.seed)  # the initial weights
-        model = build_model(config, len(self.splits.classes))
-        if config.sync_bn and self.topology.enabled:
-            if self.device.type != "cuda":
-                raise ResnetError("--sync-bn needs CUDA: torch's SyncBatchNorm has no CPU kernel")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-        self.model = model.to(self.device, memory_format=self.memory_format)
-        self.optimizer = build_optimizer(config, model)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.ema = None
-        if config.ema_decay:
-            self.ema = torch.optim.swa_utils.AveragedModel(
-                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+        parts = build_parts(self.config, len(self.splits.classes), self.device, self.dtype, self.topology)
+        self.parts = parts
+        self.model, self.optimizer, self.scaler, self.ema = parts.model, parts.optimizer, parts.scaler, parts.ema
 
     def check_batchnorm_can_train(self) -> None:
         check_batchnorm_can_train(self.config, self.epoch_batches(0), len(self.splits.train),
@@ -263,11 +248,7 @@ class Run:
         self.splits, self.eval_data = data.splits, data.eval
         self.train_labels = labels_tensor(self.splits.train)  # less the unreadable files
         self.class_counts = torch.bincount(self.train_labels, minlength=len(self.splits.classes))
-        self.class_weights = None
-        if self.config.balance == "loss":
-            self.class_weights = class_weights(self.class_counts).to(self.device)
-        self.mixer = BatchMixer.from_config(self.config, len(self.splits.classes))
-        self.fast_batches = FastTrainBatches(data.train, self.config, self.device) if data.train is not None else None
+        self.inputs = TrainInputs(self.config, data, self.device, self.topology)
         self.check_batchnorm_can_train()  # again: unreadable files may have left fewer images
         self.steps_per_epoch = len(self.epoch_batches(0))
 
@@ -288,15 +269,7 @@ class Run:
     def wrap_for_training(self) -> None:
         """DDP and torch.compile around the model for training; evaluation uses the plain
         model (or its EMA), each rank scoring its share."""
-        train_model: nn.Module = self.model
-        if self.topology.enabled:
-            train_model = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if self.config.compile:
-            train_model = torch.compile(train_model)
-        self.train_model = train_model
-        self.step = TrainStep(train_model, self.optimizer, self.device, self.dtype, self.memory_format,
-                              self.config.label_smoothing, self.scaler, self.class_weights)
+        self.step = training_step(self.config, self.parts, self.device, self.dtype, self.class_counts, self.topology)
         eval_model: nn.Module = self.ema.module if self.ema is not None else self.model
         self.eval_model = FlipTTA(eval_model) if self.config.tta else eval_model
 
@@ -326,36 +299,11 @@ class Run:
     def epoch_batches(self, epoch: int) -> list[torch.Tensor]:
         return run_epoch_batches(self.config, self.train_labels, epoch, self.topology.world_size)
 
-    def epoch_inputs(self, epoch: int, batches: list[torch.Tensor]
-                     ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(step, images, labels)`` from the epoch's next step on, from either pipeline."""
-        config, first, size = self.config, self.state.step, self.config.image_size_at(epoch)
-        if self.fast_batches is not None:
-            generators = (generator_for(config.seed, epoch, step) for step in range(first, len(batches)))
-            inputs = self.fast_batches.epoch(batches[first:], generators, size, self.topology)
-            for step, (images, labels) in enumerate(inputs, start=first):
-                yield step, images, labels
-        else:
-            transform = augment.classic_train_transform(augment_spec(config), size)
-            local = [shard(b, self.topology) for b in batches[first:]]
-            loader = classic_loader(self.splits.train, local, transform, config.resolved_workers(),
-                                    config.seed * 1000 + epoch)
-            for step, (images, labels) in enumerate(loader, start=first):
-                yield step, images, labels
-
-    def mixed(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step's images and targets: MixUp or CutMix of the batch (targets: class
-        probabilities) when the run mixes and this step's draw says so, else the batch as it came."""
-        if self.mixer is None:
-            return images, labels
-        return self.mixer(images, labels, mix_generator(self.config.seed, epoch, step))
-
     def train_one_epoch(self) -> dict[str, float]:
         """The epoch's remaining steps; returns its training metrics."""
         state, epoch = self.state, self.state.epoch
         batches = self.epoch_batches(epoch)
-        self.train_model.train()
+        self.step.model.train()
         if self.config.freeze_backbone:
             freeze_backbone_batchnorm(self.model)
         self.epoch_start = time.perf_counter()
@@ -363,9 +311,9 @@ class Run:
         loss_sum = torch.tensor(state.loss_sum, dtype=torch.float64, device=self.device)
         bar = progress_bar(len(batches), f"epoch {epoch + 1}/{self.config.epochs}",
                            wanted=self.main and not self.config.quiet, initial=state.step)
-        for step, images, labels in self.epoch_inputs(epoch, batches):
+        for step, images, labels in self.inputs.epoch(epoch, batches, first=state.step):
             self.set_learning_rate(epoch, step)
-            loss = self.step(*self.mixed(images, labels, epoch, step))  # labels stay the class indices
+            loss = self.step(*self.inputs.mixed(images, labels, epoch, step))  # labels stay the class indices
             if self.ema is not None:
                 self.ema.update_parameters(self.model)
             loss_sum += loss.double() * len(labels)
@@ -420,7 +368,7 @@ class Run:
             batches = decoded_eval_batches(data, batch, self.device, self.topology)
         else:
             batches = classic_eval_batches(source, self.config.resolved_eval_image_size(), batch,
-                                           self.config.resolved_workers(), self.topology)
+                                           self.config.workers, self.topology)
         logits, labels = predict_logits(self.eval_model, batches, self.device, self.dtype, self.topology)
         return classification_metrics(logits, labels)
 
