@@ -144,10 +144,11 @@ def test_example_images_are_copies_of_evaluation_images(tiny_run, tmp_path):
 
 
 def test_a_missing_optional_library_is_a_one_line_install_hint():
-    from resnet.explain import require
+    from resnet.optional import require
 
-    with pytest.raises(ResnetError, match=r'pip install -e "\.\[app\]"'):
-        require("resnet_no_such_module")
+    expected = r'^resnet serve needs resnet_no_such_module: pip install "resnet-lab\[app\]"$'
+    with pytest.raises(ResnetError, match=expected):
+        require("resnet_no_such_module", "app", "resnet serve")
 
 
 def test_serve_names_a_bad_run_in_one_line(tmp_path, capsys):

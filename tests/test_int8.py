@@ -184,7 +184,7 @@ def test_a_run_whose_data_folder_is_gone_is_one_line_before_writing(run, tmp_pat
 def test_without_onnxruntime_int8_says_what_to_install(run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     assert main(["export", str(run["dir"]), "--int8", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "pip install 'resnet-lab[export]'" in one_line_error(capsys)
+    assert 'pip install "resnet-lab[export]"' in one_line_error(capsys)
     assert not list(tmp_path.iterdir())
 
 

@@ -334,7 +334,7 @@ def test_export_torchscript_parity_and_metadata(run, tmp_path, capsys):
 def test_export_without_onnxruntime_says_what_to_install(run, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails
     assert main(["export", str(run["ckpt"]), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 2
-    assert "pip install 'resnet-lab[export]'" in one_line_error(capsys, "export")
+    assert 'pip install "resnet-lab[export]"' in one_line_error(capsys, "export")
     assert not (tmp_path / "m.onnx").exists()
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from resnet.errors import ResnetError
+from resnet.optional import require
 from resnet.words import plural
 
 TOP_CLASS = "(top class)"
@@ -383,17 +384,13 @@ def _runs_tab(gr, demo, runs: list[str], folder: Path) -> None:
 
 def _gradio():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no telemetry, no version check
-    from resnet.explain import require
-
-    return require("gradio")
+    return require("gradio", "app", "resnet serve")
 
 
 def serve(named: list[str], runs_dir: str, host: str = "127.0.0.1", port: int = 7860) -> None:
     """Build the app and serve it until interrupted."""
     gr = _gradio()
-    from resnet.explain import require
-
-    require("captum.attr")
+    require("captum.attr", "app", "resnet serve")
     runs = find_runs(named, runs_dir)
     if not runs:
         raise ResnetError(f"no runs: name a run directory or put runs under {runs_dir}/")

@@ -27,21 +27,11 @@ from torch import nn
 
 from resnet.data import printable
 from resnet.errors import ResnetError
+from resnet.optional import require
 from resnet.model import FlipTTA
 from resnet.plots import labels_in_any_script
 
-INSTALL_HINT = 'pip install -e ".[app]"'
 OVERLAY_ALPHA = 0.45  # share of the heatmap in the overlay: enough to see, little enough to see through
-
-
-def require(module: str):
-    """Import an optional dependency, or a one-line ResnetError naming the extra to install."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as error:
-        raise ResnetError(f"{module} is not installed ({error.name} missing); install it with {INSTALL_HINT}") from None
 
 
 def underlying_resnet(model: nn.Module) -> nn.Module:
@@ -73,7 +63,7 @@ def grad_cam(model: nn.Module, image: torch.Tensor, target: int, layer: str = "l
     Returns a float (H, W) map in [0, 1] (bilinearly upsampled from the layer's grid,
     divided by its maximum; all zeros when no region speaks for the class).
     """
-    attr = require("captum.attr")
+    attr = require("captum.attr", "explain", "Grad-CAM")
     network = underlying_resnet(model).eval()
     cam = attr.LayerGradCam(network, find_layer(network, layer))
     x = image[None].float().to(next(network.parameters()).device)
@@ -156,7 +146,7 @@ def explain_files(checkpoint_path: str | os.PathLike, images: list[str], out: st
     from resnet.evaluation import load_model_from_checkpoint
     from resnet.prediction import image_files
 
-    require("captum.attr")
+    require("captum.attr", "explain", "Grad-CAM")
     model, checkpoint = load_model_from_checkpoint(checkpoint_path)
     class_index(checkpoint["classes"], class_name, 0)  # an unknown name fails before any work
     find_layer(model, layer)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from resnet.errors import ResnetError
+from resnet.optional import require
 
 FORMATS = ("onnx", "torchscript")
 SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -68,13 +69,8 @@ def preprocessing_steps(size: int) -> list[str]:
 
 
 def require_onnx() -> None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise ResnetError(f"ONNX export needs onnx, onnxruntime and onnxscript ({error.name} is missing): "
-                          "pip install 'resnet-lab[export]'") from None
+    for module in ("onnx", "onnxruntime", "onnxscript"):
+        require(module, "export", "ONNX export")
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], out: Path) -> None:

@@ -12,7 +12,6 @@ process of a distributed run tracks; the others get ``Trackers([])``, which does
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from resnet.config import tracker_names
 from resnet.errors import ResnetError
+from resnet.optional import require
 
 if TYPE_CHECKING:
     from resnet.config import TrainConfig
@@ -43,10 +43,7 @@ TEST_TAGS = {"test_top1": "test/top1", "test_top5": "test/top5", "test_macro_f1"
 
 
 def required(module: str, extra: str) -> ModuleType:
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise ResnetError(f'--log {extra} needs {module}: pip install "resnet-lab[{extra}]"') from None
+    return require(module, extra, f"--log {extra}")
 
 
 class Tracker:
