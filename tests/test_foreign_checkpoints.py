@@ -188,6 +188,7 @@ def test_an_unreadable_file_is_one_error_from_load_checkpoint(tiny_run, tmp_path
     with pytest.raises(ResnetError, match=f"^{re.escape(str(path))}") as error:
         load_checkpoint(path)
     assert "\n" not in str(error.value)
+    assert not re.search(r"\(\d+\)$", str(error.value))  # a reason in words, not a key torch's reader missed
 
 
 @pytest.mark.parametrize("name", [*UNREADABLE, *NOT_A_MODEL])

@@ -12,10 +12,12 @@ import errno
 import io
 import math
 import os
+import pickle
 import secrets
 import shutil
 import stat
 import warnings
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -224,12 +226,17 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             warnings.simplefilter("ignore", UserWarning)
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # foreign bytes make torch's reader fail in many ways (IndexError, KeyError, ...)
+        # Only torch's own errors describe the file; the others' text is an internal detail ("101").
+        why = reason(error) if isinstance(error, FILE_ERRORS) else type(error).__name__
         raise ResnetError(f"{path} is not a readable checkpoint: it is truncated, corrupt or not a PyTorch file "
-                          f"({reason(error)})") from None
+                          f"({why})") from None
     if not isinstance(obj, dict):
         raise ResnetError(f"{path} does not hold a checkpoint or a state_dict")
     check_format(obj, path)
     return obj
+
+
+FILE_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError)
 
 
 def reason(error: BaseException) -> str:
