@@ -229,3 +229,61 @@ def test_small_images_are_measured_against_the_size_a_run_would_train_at(tmp_pat
     main(["check", str(root), "--json", "--quiet", "--workers", "1"])
     small = json.loads(capsys.readouterr().out)["small"]
     assert (small["image_size"], small["count"]) == (32, 0)  # the small-image defaults, not 224 px
+
+
+def flat(colour: tuple[int, int, int], side: int = SIDE) -> Image.Image:
+    return Image.new("RGB", (side, side), colour)
+
+
+def blob_on(background: tuple[int, int, int], side: int = SIDE) -> Image.Image:
+    """A small dark shape on a plain background: a plane against the sky, as CIFAR-10 has hundreds."""
+    image = np.full((side, side, 3), background, np.uint8)
+    image[side * 15 // 32:side * 17 // 32, side * 7 // 16:side * 9 // 16] = (20, 30, 40)
+    return Image.fromarray(image)
+
+
+def test_plain_images_of_different_colours_are_not_near_duplicates(tmp_path, capsys):
+    root = photo_folder(tmp_path / "data", {"train": 2, "val": 1})
+    flat((0, 0, 0)).save(root / "train" / "cat" / "black.png")
+    flat((255, 255, 255)).save(root / "train" / "dog" / "white.png")
+    flat((200, 40, 40)).save(root / "val" / "cat" / "red.png")
+    flat((40, 110, 40)).save(root / "val" / "dog" / "green.png")  # about the red's grey level
+    blob_on((90, 140, 220)).save(root / "train" / "cat" / "blue-sky.png")
+    blob_on((200, 200, 200)).save(root / "val" / "dog" / "grey-sky.png")
+    # The same plain white, re-encoded, is one image twice: still a near duplicate; and so is a
+    # detailed photo re-coloured, whose colours differ as much as the red and the green's.
+    (root / "train" / "dog" / "white.jpg").write_bytes(jpeg_bytes(flat((255, 255, 255)), 80))
+    picture = np.asarray(Image.open(root / "train" / "cat" / "0.png"), np.float64)
+    Image.fromarray((picture * [1.0, 0.7, 0.4]).astype(np.uint8)).save(root / "train" / "cat" / "tinted.png")
+    code, out = run_check(capsys, str(root), "--json", "--workers", "1")
+    report = json.loads(out)
+    assert sorted(group_paths(report["near_duplicates"], root), key=sorted) == [
+        {"train/cat/0.png", "train/cat/tinted.png"}, {"train/dog/white.png", "train/dog/white.jpg"}]
+    assert report["leaks"] == [] and code == 0
+
+
+def test_a_folder_too_small_to_split_is_checked_as_one_set(tmp_path, capsys):
+    # One image a class: a run could hold none out, but a label conflict needs no validation split.
+    root = tmp_path / "data"
+    for name in ("cat", "dog", "owl"):
+        (root / name).mkdir(parents=True)
+    picture = photo(np.random.default_rng(3))
+    picture.save(root / "cat" / "0.png")
+    picture.save(root / "dog" / "0.png")
+    photo(np.random.default_rng(4)).save(root / "owl" / "0.png")
+    with pytest.warns(UserWarning, match='a run would refuse this folder; it is checked as one set, "all"'):
+        code, out = run_check(capsys, str(root), "--json", "--workers", "1")
+    report = json.loads(out)
+    assert code == 1 and report["counts"] == {"all": {"cat": 1, "dog": 1, "owl": 1}}
+    assert [(leak["kind"], leak["classes"]) for leak in report["leaks"]] == [("two classes", ["cat", "dog"])]
+    with pytest.warns(UserWarning):
+        code, out = run_check(capsys, str(root), "--workers", "1")
+    assert "  all: 3 images: cat 1, dog 1, owl 1" in out and "two classes [e1] cat/0.png (all/cat)" in out
+
+
+def test_a_file_that_is_no_image_is_named_in_its_line(tmp_path, capsys):
+    root = photo_folder(tmp_path / "data", {"train": 2, "val": 1})
+    (root / "val" / "dog" / "notes.png").write_bytes(b"not an image at all")
+    code, out = run_check(capsys, str(root), "--workers", "1")
+    line = next(line for line in out.splitlines() if line.startswith("  val/dog/notes.png: "))
+    assert code == 1 and "BytesIO" not in out and "notes.png" in line.split(": ", 1)[1]

@@ -10,13 +10,15 @@ alpha, palette) and extreme aspect ratios.
 Near duplicates are found with two perceptual hashes of ``imagehash``: pHash (the signs of
 the lowest 8x8 DCT frequencies of the 32x32 grayscale image) and dHash (the signs of the
 horizontal gradients of a 9x8 one). A pair is near when both Hamming distances are small
-(``PHASH_MAX``, ``DHASH_MAX``): resizing and re-compression change neither by more than a
+(``PHASH_MAX``, ``BOTH_MAX``): resizing and re-compression change neither by more than a
 few bits, while two different photos that agree on one hash rarely agree on the other.
 pHash finds the candidates (every pair is compared, in blocks, in parallel) and dHash
-confirms them. Why hashes and not the model's embeddings: they need no trained model and no
-GPU, take ~0.3 ms an image, and mean the same for every dataset; an embedding would also
-match two different photos of one flower, which is what a classifier should do and not a
-duplicate. The measurements behind the limits are in ``NEAR_RULE``.
+confirms them. Both hashes see only the grayscale image's shapes, with its brightness and
+contrast normalised away, so a pair in which either image has little detail must also
+agree in colour (``colour_agrees``). Why hashes and not the model's embeddings: they need no
+trained model and no GPU, take ~0.3 ms an image, and mean the same for every dataset; an
+embedding would also match two different photos of one flower, which is what a classifier
+should do and not a duplicate. The measurements behind the limits are in ``NEAR_RULE``.
 
 What each file yields is kept in the cache folder (``read_facts``), so that checking a folder
 again reads only the files that are new or changed.
@@ -43,8 +45,9 @@ from typing import Any, NamedTuple
 import numpy as np
 from PIL import Image
 
-from resnet.data import (DEEP_GRAY_MODES, ImageArrays, check_regular_file, load_splits, open_rgb, printable,
-                         sample_image_files, typical_shorter_side)
+from resnet.data import (DEEP_GRAY_MODES, ImageArrays, ImageFiles, check_regular_file, files, list_class_folders,
+                         load_splits, open_rgb, printable, sample_image_files, split_folders, stratified_split,
+                         typical_shorter_side)
 from resnet.errors import ResnetError
 from resnet.hardware import available_cpus
 from resnet.words import plural
@@ -61,7 +64,19 @@ NEAR_RULE = (
     "to 75% + JPEG q75 100% / 100%, to 50% + q60 99% / 100%, 2% cropped off each side 96% / 99%, 4% off "
     "each side - / 75%, 5% cut off one side 59% / 82%. Among 10,000 CIFAR-10 and all 8,189 Flowers-102 "
     "images, 35 and 37 pairs matched, nearly all of them one photo in the set twice (those within 6 bits "
-    "all were, on inspection). Mirror images and heavy crops are not matched")
+    "all were, on inspection). Mirror images and heavy crops are not matched. A pair in which either "
+    "image has little detail (the standard deviation of its 32x32 grayscale under 20 of 255 levels) must "
+    "also agree in colour (4x4 colour thumbnails within 16 levels on average): among CIFAR-10's 50,000 "
+    "training images, 35 of the 37 pairs the hashes matched with such an image were two different "
+    "photos, most of them small objects against a plain sky, while a match of detailed images is "
+    "mostly one photo, often re-coloured. See benchmarks/results/check-near-duplicates.md")
+# A flat or nearly flat image's hashes are set by the few pixels that differ (a plain image's
+# are all-equal bits, whatever its colour), so many different images share them: below this
+# detail a hash match must be confirmed by colour. Above it a match stands even when the
+# colours differ, because re-coloured copies of one photo are common and colour-blind hashes
+# of two different detailed photos rarely match.
+DETAIL_MIN = 20.0  # standard deviation of the 32x32 grayscale image the pHash starts from, of 255
+COLOUR_MAX = 16.0  # mean absolute difference of the 4x4 RGB thumbnails, of 255
 ASPECT_LIMIT = 3.0  # longer side over shorter: beyond 3:1 a square crop keeps a third of the image
 DRAFT_SIDE = 64  # JPEGs decode at a reduced scale, at least this size: the hashes see 32 px
 HASH_SIDE = 128  # larger images are shrunk once before the two hashes' own resizes
@@ -99,6 +114,8 @@ class Facts(NamedTuple):
     odd: tuple[str, ...] = ()
     phash: int = 0
     dhash: int = 0
+    detail: float = 0.0  # the grayscale's standard deviation (DETAIL_MIN)
+    colour: str = ""  # the 4x4 RGB thumbnail's 48 bytes, in hex
 
 
 @dataclass
@@ -126,14 +143,20 @@ def list_dataset(options: CheckOptions) -> Listing:
     fraction = TrainConfig.val_fraction if options.val_fraction is None else options.val_fraction
     seed = TrainConfig.seed if options.seed is None else options.seed
     split = "official" if options.dataset == "flowers102" else "tutorial"
-    if options.labels is None:
-        splits = load_splits(options.dataset, options.data_dir, split, fraction, seed)
-    elif "labels" not in inspect.signature(load_splits).parameters:
-        raise ResnetError("--labels: this version of resnet reads no label file yet")
-    else:
-        splits = load_splits(options.dataset, options.data_dir, split, fraction, seed, labels=options.labels)
-    named = [("train", splits.train), (splits.eval_name, splits.eval), ("test", splits.test)]
-    listing = Listing([], [], [], list(splits.classes), [])
+    try:
+        if options.labels is None:
+            splits = load_splits(options.dataset, options.data_dir, split, fraction, seed)
+        elif "labels" not in inspect.signature(load_splits).parameters:
+            raise ResnetError("--labels: this version of resnet reads no label file yet")
+        else:
+            splits = load_splits(options.dataset, options.data_dir, split, fraction, seed, labels=options.labels)
+        named, classes = [("train", splits.train), (splits.eval_name, splits.eval), ("test", splits.test)], splits.classes
+    except ResnetError:
+        whole = whole_folder(options, fraction, seed)
+        if whole is None:
+            raise
+        classes, named = whole[0], [("all", whole[1])]
+    listing = Listing([], [], [], list(classes), [])
     for name, source in named:
         if source is None:
             continue
@@ -144,6 +167,23 @@ def list_dataset(options: CheckOptions) -> Listing:
         listing.splits += [name] * len(source)
         listing.labels += [int(label) for label in source.labels]
     return listing
+
+
+def whole_folder(options: CheckOptions, fraction: float, seed: int) -> tuple[list[str], ImageFiles] | None:
+    """The classes and files of DIR/<class>/... as one set, named "all", when a run's split of it
+    would hold no image out (too few a class): a run refuses such a folder, but its duplicates and
+    label conflicts need no validation split. None for any other layout or error."""
+    root = Path(options.data_dir)
+    if options.dataset != "imagefolder" or options.labels is not None or not 0 < fraction < 1:
+        return None
+    if not root.is_dir() or "train" in split_folders(root):
+        return None
+    classes, samples = list_class_folders(root)
+    if stratified_split(samples, fraction, seed)[1]:
+        return None  # the split holds images out: the run's error was another
+    warnings.warn(f"--val-fraction {fraction:g} holds out no image of any class, so a run would refuse this "
+                  'folder; it is checked as one set, "all"', stacklevel=2)
+    return classes, files(samples)
 
 
 def training_size(options: CheckOptions) -> int:
@@ -172,16 +212,18 @@ def inspect_file(path: str) -> Facts:
     except (OSError, ResnetError) as error:
         return Facts(reason(error))
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    buffer = io.BytesIO(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # open_rgb says it, naming the file
-            with Image.open(io.BytesIO(data)) as image:
+            with Image.open(buffer) as image:
                 (width, height), mode, odd = image.size, image.mode, odd_modes(image, data)
-        rgb = open_rgb(path, DRAFT_SIDE)
+        rgb = hash_view(open_rgb(path, DRAFT_SIDE))
         phash, dhash = perceptual_hashes(rgb)
     except Exception as error:  # not an image, corrupt, truncated, a decompression bomb
-        return Facts(reason(error))
-    return Facts(None, digest, width, height, mode, odd, phash, dhash)
+        # Pillow names what it was given to read, here the buffer: the reader needs the file.
+        return Facts(reason(error).replace(repr(buffer), repr(path)))
+    return Facts(None, digest, width, height, mode, odd, phash, dhash, *tone(rgb))
 
 
 def reason(error: BaseException) -> str:
@@ -209,15 +251,27 @@ def odd_modes(image: Image.Image, data: bytes) -> tuple[str, ...]:
     return tuple(odd)
 
 
+def hash_view(image: Image.Image) -> Image.Image:
+    """The image the hashes and ``tone`` are computed from: at most ``HASH_SIDE`` a side."""
+    if max(image.size) > HASH_SIDE:
+        image = image.copy()
+        image.thumbnail((HASH_SIDE, HASH_SIDE), Image.LANCZOS)
+    return image
+
+
 def perceptual_hashes(image: Image.Image) -> tuple[int, int]:
     """pHash and dHash as 64-bit integers."""
     import imagehash
 
-    if max(image.size) > HASH_SIDE:
-        image = image.copy()
-        image.thumbnail((HASH_SIDE, HASH_SIDE), Image.LANCZOS)
     return tuple(int.from_bytes(np.packbits(h.hash.flatten()).tobytes(), "big")
                  for h in (imagehash.phash(image), imagehash.dhash(image)))
+
+
+def tone(image: Image.Image) -> tuple[float, str]:
+    """What the hashes leave out: how much detail the grayscale image pHash starts from has (its
+    standard deviation), and the colours (a 4x4 thumbnail, each cell its area's mean)."""
+    gray = np.asarray(image.convert("L").resize((32, 32), Image.LANCZOS), np.float64)
+    return round(float(gray.std()), 2), image.resize((4, 4), Image.BOX).tobytes().hex()
 
 
 def require_imagehash() -> None:
@@ -277,7 +331,7 @@ def inspect_all(paths: Sequence[str], workers: int, progress: bool) -> list[Fact
 # decode cache keeps its images: a check of a folder checked before reads only the files that
 # are new or changed (and the unreadable ones again: a permission fixed changes no mtime).
 
-FACTS_FORMAT = 1  # part of the key: facts of another format, draft or hash side are never read
+FACTS_FORMAT = 2  # part of the key: facts of another format, draft or hash side are never read
 
 
 def facts_file(paths: Sequence[str]) -> Path:
@@ -420,6 +474,7 @@ def near_groups(facts: Sequence[Facts], contents: list[list[int]], options: Chec
     phashes = np.array([facts[i].phash for i in heads], np.uint64)
     dhashes = np.array([facts[i].dhash for i in heads], np.uint64)
     pairs = near_pairs(phashes, dhashes, options.phash_max, options.both_max, workers)
+    pairs = pairs[colour_agrees(pairs, [facts[i] for i in heads])]
     if not len(pairs):
         return []
     n = len(heads)
@@ -432,6 +487,25 @@ def near_groups(facts: Sequence[Facts], contents: list[list[int]], options: Chec
     for a, _, distance in pairs.tolist():
         loosest[int(component[a])] = max(loosest[int(component[a])], distance)
     return [(sorted(members), loosest[c]) for c, members in files.items()]
+
+
+def colour_agrees(pairs: np.ndarray, facts: Sequence[Facts]) -> np.ndarray:
+    """Which of the hashes' pairs (rows i, j, distance of ``near_pairs``) stand: those of two
+    detailed images, and those whose colour thumbnails are close (``DETAIL_MIN``)."""
+    if not len(pairs):
+        return np.zeros(0, bool)
+    i, j = pairs[:, 0], pairs[:, 1]
+    detail = np.array([fact.detail for fact in facts])
+    detailed = (detail[i] >= DETAIL_MIN) & (detail[j] >= DETAIL_MIN)
+
+    def thumbnails(rows: np.ndarray) -> np.ndarray:
+        return np.array([np.frombuffer(bytes.fromhex(facts[k].colour), np.uint8) for k in rows.tolist()], np.int16)
+
+    close = np.zeros(len(pairs), bool)
+    if not detailed.all():  # most datasets: only the few plain images' pairs are compared
+        plain = ~detailed
+        close[plain] = np.abs(thumbnails(i[plain]) - thumbnails(j[plain])).mean(axis=1) <= COLOUR_MAX
+    return detailed | close
 
 
 def member(listing: Listing, i: int) -> dict[str, str]:
@@ -496,7 +570,7 @@ def check_dataset(options: CheckOptions) -> dict[str, Any]:
 
 def near_rule(options: CheckOptions) -> str:
     return (f"imagehash pHash distance <= {options.phash_max}, or pHash and dHash distances both "
-            f"<= {options.both_max}")
+            f"<= {options.both_max}; colours close too where an image has little detail")
 
 
 def class_counts(listing: Listing) -> dict[str, dict[str, int]]:
