@@ -66,10 +66,12 @@ NEAR_RULE = (
     "images, 35 and 37 pairs matched, nearly all of them one photo in the set twice (those within 6 bits "
     "all were, on inspection). Mirror images and heavy crops are not matched. A pair in which either "
     "image has little detail (the standard deviation of its 32x32 grayscale under 20 of 255 levels) must "
-    "also agree in colour (4x4 colour thumbnails within 16 levels on average): among CIFAR-10's 50,000 "
-    "training images, 35 of the 37 pairs the hashes matched with such an image were two different "
-    "photos, most of them small objects against a plain sky, while a match of detailed images is "
-    "mostly one photo, often re-coloured. See benchmarks/results/check-near-duplicates.md")
+    "also agree in colour (4x4 colour thumbnails within 16 levels on average). Among CIFAR-10's 50,000 "
+    "training images the hashes matched 1,015 pairs, 37 of them with such an image: 34 of those were two "
+    "different photos (small objects against a plain sky), and the colour rule drops 33 of them and keeps "
+    "the 2 that were one photo; of the other pairs about 8% were two photos laid out alike and the "
+    "rest one photo, often re-coloured. Flowers-102's 33 pairs were all one photo. See "
+    "benchmarks/results/check-near-duplicates.md")
 # A flat or nearly flat image's hashes are set by the few pixels that differ (a plain image's
 # are all-equal bits, whatever its colour), so many different images share them: below this
 # detail a hash match must be confirmed by colour. Above it a match stands even when the
@@ -150,7 +152,8 @@ def list_dataset(options: CheckOptions) -> Listing:
             raise ResnetError("--labels: this version of resnet reads no label file yet")
         else:
             splits = load_splits(options.dataset, options.data_dir, split, fraction, seed, labels=options.labels)
-        named, classes = [("train", splits.train), (splits.eval_name, splits.eval), ("test", splits.test)], splits.classes
+        named = [("train", splits.train), (splits.eval_name, splits.eval), ("test", splits.test)]
+        classes = splits.classes
     except ResnetError:
         whole = whole_folder(options, fraction, seed)
         if whole is None:
