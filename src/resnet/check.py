@@ -49,6 +49,7 @@ from resnet.data import (DEEP_GRAY_MODES, ImageArrays, ImageFiles, check_regular
                          load_splits, open_rgb, printable, sample_image_files, split_folders, stratified_split,
                          typical_shorter_side)
 from resnet.errors import ResnetError
+from resnet.optional import require
 from resnet.hardware import available_cpus
 from resnet.words import plural
 
@@ -279,11 +280,8 @@ def tone(image: Image.Image) -> tuple[float, str]:
 
 def require_imagehash() -> None:
     """imagehash, imported before the workers fork (as is the DCT it imports on first use), or a one-line error."""
-    try:
-        import imagehash  # noqa: F401
-        import scipy.fftpack  # noqa: F401
-    except ImportError:
-        raise ResnetError('near duplicates need the imagehash library: pip install "resnet-lab[check]"') from None
+    for module in ("imagehash", "scipy.fftpack"):
+        require(module, "check", "resnet check's near duplicates")
 
 
 def ignore_interrupt() -> None:
