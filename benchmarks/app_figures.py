@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/app_figures.py RUN_DIR [--out docs] [--calls 20]
 
-1. Times ``resnet.app.classify`` (what the Classify tab runs per image) on real evaluation
+1. Times ``resnet.tools.app.classify`` (what the Classify tab runs per image) on real evaluation
    images, one image per call: the median of ``--calls`` calls with the Grad-CAM overlay
    and without it. Written to OUT/app-timing.json.
 2. Picks two evaluation images of different classes the model gets right most confidently
@@ -27,10 +27,10 @@ from pathlib import Path
 
 from PIL import Image
 
-from resnet.app import classify
+from resnet.tools.app import classify
 from resnet.cli import main as resnet
-from resnet.evaluation import eval_source, load_model_from_checkpoint
-from resnet.prediction import predict_files
+from resnet.tools.evaluation import eval_source, load_model_from_checkpoint
+from resnet.tools.prediction import predict_files
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]

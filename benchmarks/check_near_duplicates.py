@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from resnet import check
+from resnet.tools import check
 
 COPIES = {
     "resized 75%, JPEG q75": lambda im: jpeg(im.resize(scaled(im, 0.75), Image.LANCZOS), 75),

@@ -161,7 +161,7 @@ def version(distribution: str) -> str | None:
 def machine() -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[1]
     commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    from resnet.bench import cpu_model
+    from resnet.tools.bench import cpu_model
 
     return {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)), "torch": version("torch"),
             "torchvision": version("torchvision"), "resnet_lab": version("resnet-lab"),

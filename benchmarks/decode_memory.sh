@@ -16,8 +16,8 @@ G=/sys/fs/cgroup/memory/resnet-decode-memory; mkdir -p $G
 CACHE=$(mktemp -d --tmpdir resnet-decode-cache-XXXX); peak=0; alone=0
 ( echo $BASHPID > $G/cgroup.procs; exec env RESNET_CACHE=$CACHE .venv/bin/python -c "
 import sys, time
-from resnet.cache import decode
-from resnet.data import load_splits
+from resnet.data.cache import decode
+from resnet.data.datasets import load_splits
 train = load_splits('imagefolder', sys.argv[1]).train
 start = time.perf_counter()
 decode(train, 128, workers=2, draft=True)

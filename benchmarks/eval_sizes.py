@@ -18,16 +18,11 @@ from pathlib import Path
 
 import torch
 
-from resnet.data import decode
-from resnet.evaluation import (
-    classification_metrics,
-    decoded_eval_batches,
-    eval_source,
-    load_model_from_checkpoint,
-    predict_logits,
-)
-from resnet.hardware import select_precision
-from resnet.model import FlipTTA
+from resnet.data.sources import decode
+from resnet.engine.scoring import classification_metrics, decoded_eval_batches, predict_logits
+from resnet.tools.evaluation import eval_source, load_model_from_checkpoint
+from resnet.util.hardware import select_precision
+from resnet.models.resnet import FlipTTA
 
 
 def main() -> None:

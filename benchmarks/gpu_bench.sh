@@ -35,7 +35,7 @@ done
 "$py" - "$out/bench-gpu.md" "${files[@]}" "benchmarks/gpu_bench.sh, which runs:" "${commands[@]}" <<'PY'
 import json, sys
 from pathlib import Path
-from resnet.bench import markdown_report
+from resnet.tools.bench import markdown_report
 md, json_files, command = sys.argv[1], sys.argv[2:4], "\n".join(sys.argv[4:])
 results = [json.loads(Path(f).read_text()) for f in json_files]
 Path(md).write_text("# resnet bench on GPU\n\n" + markdown_report(results, command))

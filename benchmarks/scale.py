@@ -613,8 +613,8 @@ def measure_size(options: Options, spec: FolderSpec, result: dict[str, Any]) -> 
 # cache size of --image-size 112 (128 px, JPEGs in draft mode), as resnet train decodes it.
 DECODE_ONLY = """
 import json, sys, time
-from resnet.cache import decode
-from resnet.data import load_splits
+from resnet.data.cache import decode
+from resnet.data.datasets import load_splits
 root, workers = sys.argv[1], int(sys.argv[2])
 start = time.perf_counter()
 train = load_splits("imagefolder", root).train

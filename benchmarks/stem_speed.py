@@ -5,7 +5,7 @@ SGD step on random input, channels_last, fp32, after two warm-up steps.
     python benchmarks/stem_speed.py --batch 256 --compile --only "resnet10 small-pool"
     python benchmarks/stem_speed.py --batch 256 --profile --only "resnet10 small-pool"
 
-Variants beside the stems ``resnet.model`` has: resnet18 with a 3x3 stride-2 convolution and no
+Variants beside the stems ``resnet.models.resnet`` has: resnet18 with a 3x3 stride-2 convolution and no
 max-pool (another way to keep some down-sampling). ``--compile`` times the step after
 ``torch.compile`` (its compile time printed apart); ``--profile`` prints torch.profiler's table of
 three steps by operator and input shape (where the time goes). Run it with nothing else on the machine.
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from resnet.model import get_model
+from resnet.models.resnet import get_model
 
 VARIANTS = ("resnet18 imagenet", "resnet18 small", "resnet18 3x3-stride-2", "resnet18 small-pool",
             "resnet10 small-pool", "resnet10 small")

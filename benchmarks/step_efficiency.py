@@ -17,9 +17,9 @@ import json
 
 import torch
 
-from resnet.bench import BenchOptions, Trainer, cpu_model, fixed_batch, median, timed
-from resnet.hardware import select_precision
-from resnet.summary import model_facts
+from resnet.tools.bench import BenchOptions, Trainer, cpu_model, fixed_batch, median, timed
+from resnet.util.hardware import select_precision
+from resnet.tools.summary import model_facts
 
 NUM_CLASSES = 102
 # (arch, image size, batch, our precision? (else fp32), channels_last?)

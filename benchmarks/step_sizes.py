@@ -13,8 +13,8 @@ import argparse
 
 import torch
 
-from resnet.bench import BenchOptions, model_step_speeds
-from resnet.hardware import select_precision
+from resnet.tools.bench import BenchOptions, model_step_speeds
+from resnet.util.hardware import select_precision
 
 
 def images_per_second(batch_size: int, size: int, device: torch.device, dtype: torch.dtype | None) -> float:

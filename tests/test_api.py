@@ -25,7 +25,7 @@ import torch
 before = set(sys.modules)
 import resnet
 loaded = sorted(set(sys.modules) - before)
-import resnet.training, resnet.evaluation, resnet.prediction
+import resnet.engine.training, resnet.tools.evaluation, resnet.tools.prediction
 import resnet.api
 print(json.dumps({"loaded": loaded, "functions": [resnet.train is resnet.api.train,
       resnet.evaluate is resnet.api.evaluate, resnet.predict is resnet.api.predict]}))
@@ -41,8 +41,8 @@ def fresh_import():
 
 
 def test_import_resnet_stays_light(fresh_import):
-    heavy = ("matplotlib", "tqdm", "PIL", "torchvision", "resnet.training", "resnet.data", "resnet.pipeline",
-             "resnet.evaluation", "resnet.prediction", "resnet.config")
+    heavy = ("matplotlib", "tqdm", "PIL", "torchvision", "resnet.engine.training", "resnet.data.sources",
+             "resnet.data.pipeline", "resnet.tools.evaluation", "resnet.tools.prediction", "resnet.config")
     assert [m for m in fresh_import["loaded"] if m.split(".")[0] in heavy or m in heavy] == []
     assert "resnet.api" in fresh_import["loaded"]
 

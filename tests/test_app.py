@@ -12,12 +12,20 @@ from PIL import Image
 
 pytest.importorskip("captum", reason='captum is not installed (pip install -e ".[app]")')
 
-from resnet.app import (  # noqa: E402
-    classify, classify_outputs, curves_png, eval_views, example_images, find_runs, run_brief, served_copy)
+from resnet.tools.app import (
+    classify,
+    classify_outputs,
+    curves_png,
+    eval_views,
+    example_images,
+    find_runs,
+    run_brief,
+    served_copy,
+)
 from resnet.cli import main  # noqa: E402
 from resnet.errors import ResnetError  # noqa: E402
-from resnet.evaluation import load_model_from_checkpoint  # noqa: E402
-from resnet.prediction import predict_files  # noqa: E402
+from resnet.tools.evaluation import load_model_from_checkpoint  # noqa: E402
+from resnet.tools.prediction import predict_files  # noqa: E402
 
 
 def test_classify_gives_predict_files_probabilities(tiny_run):
@@ -144,7 +152,7 @@ def test_example_images_are_copies_of_evaluation_images(tiny_run, tmp_path):
 
 
 def test_a_missing_optional_library_is_a_one_line_install_hint():
-    from resnet.optional import require
+    from resnet.util.optional import require
 
     expected = r'^resnet serve needs resnet_no_such_module: pip install "resnet-lab\[app\]"$'
     with pytest.raises(ResnetError, match=expected):
@@ -160,7 +168,7 @@ def test_serve_names_a_bad_run_in_one_line(tmp_path, capsys):
 
 def test_serve_warns_off_loopback_and_binds_where_told(tiny_run, monkeypatch, capsys):
     pytest.importorskip("gradio")
-    import resnet.app
+    import resnet.tools.app
 
     launched = {}
 
@@ -171,7 +179,7 @@ def test_serve_warns_off_loopback_and_binds_where_told(tiny_run, monkeypatch, ca
         def launch(self, **options):
             launched.update(options)
 
-    monkeypatch.setattr(resnet.app, "build_app", lambda runs: (FakeApp(), []))
+    monkeypatch.setattr(resnet.tools.app, "build_app", lambda runs: (FakeApp(), []))
     assert main(["serve", str(tiny_run["dir"]), "--port", "7999"]) == 0
     assert launched["server_name"] == "127.0.0.1" and launched["share"] is False
     assert "no authentication" not in capsys.readouterr().err

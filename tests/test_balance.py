@@ -15,15 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_image_folder
-from resnet import training as train_module
-from resnet.app import eval_views, run_brief
-from resnet.checkpoint import load_checkpoint
+from resnet.engine import training as train_module
+from resnet.tools.app import eval_views, run_brief
+from resnet.engine.checkpoint import load_checkpoint
 from resnet.cli import main
-from resnet.data import ImageArrays, load_splits
-from resnet.evaluation import classification_metrics, confusion_matrix, evaluate, per_class_rows, write_per_class_csv
-from resnet.sampling import balanced_epoch_batches, class_count_line, class_weights, epoch_batches
-from resnet.step import TrainStep
-from resnet.training import best_row
+from resnet.data.sources import ImageArrays
+from resnet.data.datasets import load_splits
+from resnet.engine.scoring import classification_metrics, confusion_matrix
+from resnet.tools.evaluation import evaluate, per_class_rows, write_per_class_csv
+from resnet.engine.sampling import balanced_epoch_batches, class_count_line, class_weights, epoch_batches
+from resnet.engine.step import TrainStep
+from resnet.engine.training import best_row
 
 CLASSES = ["head", "tail"]
 HEAD, TAIL, BATCH = 20, 1, 7  # 20:1; 21 training images, 3 steps an epoch

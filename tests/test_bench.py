@@ -55,7 +55,7 @@ def test_bench_json_has_every_figure(tmp_path, monkeypatch, capsys, one_thread):
 def test_generated_jpegs_have_the_tutorial_shape(tmp_path, monkeypatch):
     from PIL import Image
 
-    from resnet.bench import generate_jpegs
+    from resnet.tools.bench import generate_jpegs
 
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path))
     root = generate_jpegs(2, 60)
@@ -65,7 +65,7 @@ def test_generated_jpegs_have_the_tutorial_shape(tmp_path, monkeypatch):
 
 
 def test_bench_reads_an_image_folder_subset(tmp_path, monkeypatch):
-    from resnet.bench import BenchOptions, bench_source, generate_jpegs
+    from resnet.tools.bench import BenchOptions, bench_source, generate_jpegs
 
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path))
     root = generate_jpegs(12, 40)
@@ -82,7 +82,8 @@ def test_bench_rejects_a_too_small_image_size(tmp_path, monkeypatch, capsys):
 
 def test_bench_options_reach_the_benchmark(monkeypatch, capsys):
     seen = {}
-    monkeypatch.setattr("resnet.bench.run", lambda options, as_json, out: seen.update(options=options, json=as_json))
+    monkeypatch.setattr("resnet.tools.bench.run",
+                        lambda options, as_json, out: seen.update(options=options, json=as_json))
     assert main(["bench", "--recipe", "default", "--images", "5", "--generated-size", "48", "--json"]) == 0
     assert (seen["options"].recipe, seen["options"].images, seen["options"].generated_size) == ("default", 5, 48)
     assert seen["json"] is True
@@ -102,6 +103,6 @@ def test_bench_compile_times_the_compiled_step_beside_the_eager_one(tmp_path, mo
     assert positive(compiled["compile_seconds"]) and positive(compiled["images_per_s"])
     assert len(compiled["rounds"]) == 1
 
-    from resnet.bench import format_report
+    from resnet.tools.bench import format_report
     assert "compiled (" in format_report(result) and "s of compiling steps" in format_report(result)
 

@@ -16,13 +16,14 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder
-from resnet import cache
-from resnet.cache import Index, Store, decode
+from resnet.data import cache
+from resnet.data.cache import Index, Store, decode
 from resnet.config import resolve_config
-from resnet.data import IMAGE_EXTENSIONS, ImageFiles, classic_loader, load_splits
-from resnet.distributed import Topology
+from resnet.data.sources import IMAGE_EXTENSIONS, ImageFiles, classic_loader
+from resnet.data.datasets import load_splits
+from resnet.util.distributed import Topology
 from resnet.errors import ResnetError
-from resnet.pipeline import Prefetcher, load_run_data
+from resnet.data.pipeline import Prefetcher, load_run_data
 
 
 @pytest.fixture
@@ -210,7 +211,7 @@ def test_a_consumer_that_stops_early_stops_the_prefetcher():
 
 
 def test_eval_decodes_only_the_images_it_scores(tiny_run, decodes, monkeypatch, tmp_path):
-    from resnet.evaluation import evaluate_checkpoint
+    from resnet.tools.evaluation import evaluate_checkpoint
 
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cold"))
     result = evaluate_checkpoint(tiny_run["dir"], out=tmp_path / "eval", workers=0, mistakes=0)

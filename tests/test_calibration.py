@@ -14,13 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from resnet.calibrate import (
-    MIN_TEMPERATURE, expected_calibration_error, fit_temperature, risk_coverage, selective_scores, store_temperature)
-from resnet.checkpoint import load_checkpoint
+from resnet.tools.calibration import (
+    MIN_TEMPERATURE,
+    expected_calibration_error,
+    fit_temperature,
+    risk_coverage,
+    selective_scores,
+)
+from resnet.tools.calibrate import store_temperature
+from resnet.engine.checkpoint import load_checkpoint
 from resnet.cli import main
-from resnet.data import load_splits
-from resnet.evaluation import load_model_from_checkpoint
-from resnet.prediction import load_image
+from resnet.data.datasets import load_splits
+from resnet.tools.evaluation import load_model_from_checkpoint
+from resnet.tools.prediction import load_image
 
 FITTED = 2.5  # a temperature stored by hand, far enough from 1 to tell the two apart
 
@@ -160,16 +166,16 @@ def test_calibrate_stores_the_temperature_in_both_checkpoints_and_the_config(tin
 
 
 def test_a_train_on_a_run_being_calibrated_is_told_what_holds_it(tiny_run, tmp_path, capsys, monkeypatch):
-    import resnet.calibrate
+    import resnet.tools.calibration
 
     run = copy_run(tiny_run, tmp_path)
-    fit, refused = resnet.calibrate.fit_checkpoint, []
+    fit, refused = resnet.tools.calibrate.fit_checkpoint, []
 
     def fit_while_a_train_tries_the_run(logits, labels, bins):
         refused.append((main(["train", "--resume", str(run), "--epochs", "2"]), capsys.readouterr().err))
         return fit(logits, labels, bins)
 
-    monkeypatch.setattr(resnet.calibrate, "fit_checkpoint", fit_while_a_train_tries_the_run)
+    monkeypatch.setattr(resnet.tools.calibrate, "fit_checkpoint", fit_while_a_train_tries_the_run)
     assert main(["calibrate", str(run), "--workers", "0", "--device", "cpu"]) == 0
     code, err = refused[0]
     assert code == 2 and len(err.strip().splitlines()) == 1, err
@@ -217,7 +223,7 @@ def test_predict_divides_by_the_stored_temperature(tiny_run, calibrated, capsys)
 
 def test_exported_probabilities_equal_predicts(tiny_run, calibrated, tmp_path, capsys):
     onnxruntime = pytest.importorskip("onnxruntime")
-    from resnet.export import load_torchscript, read_onnx_metadata
+    from resnet.tools.export import load_torchscript, read_onnx_metadata
 
     path = tiny_run["data"] / "dog" / "2.png"
     assert main(["predict", str(calibrated), str(path), "--json", "--device", "cpu"]) == 0
@@ -306,7 +312,7 @@ def test_min_confidence_outside_zero_to_one_is_refused(calibrated, tiny_run, cap
 
 def test_the_app_answers_unknown_below_its_slider(tiny_run, calibrated):
     pytest.importorskip("captum")
-    from resnet.app import classify, classify_outputs
+    from resnet.tools.app import classify, classify_outputs
 
     model, checkpoint = load_model_from_checkpoint(calibrated)
     path = str(tiny_run["data"] / "fox" / "1.png")
@@ -337,6 +343,6 @@ def test_a_run_without_a_temperature_behaves_as_before(tiny_run, capsys):
     for entry in prediction["top"]:
         assert entry["probability"] == pytest.approx(expected[tiny_run["classes"].index(entry["class"])].item(),
                                                      abs=1e-6)
-    from resnet.export import export_metadata
+    from resnet.tools.export import export_metadata
 
     assert export_metadata(checkpoint)["output"] == "logits (N, num_classes); softmax gives probabilities"

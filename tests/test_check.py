@@ -14,7 +14,7 @@ import pytest
 from conftest import make_image_folder
 from PIL import Image
 
-from resnet import check
+from resnet.tools import check
 from resnet.cli import main
 
 pytest.importorskip("imagehash", reason='resnet check needs imagehash: pip install -e ".[check]"')

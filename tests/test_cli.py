@@ -44,10 +44,10 @@ def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(monkeypatch, capsys
     def bug(*args, **kwargs):
         raise ValueError("a bug deep inside")
 
-    monkeypatch.setattr("resnet.summary.summary_table", user_mistake)
+    monkeypatch.setattr("resnet.tools.summary.summary_table", user_mistake)
     assert main(["summary", "resnet18"]) == 2
     assert capsys.readouterr().err == "resnet summary: error: a problem with the input\n"
-    monkeypatch.setattr("resnet.summary.summary_table", bug)
+    monkeypatch.setattr("resnet.tools.summary.summary_table", bug)
     with pytest.raises(ValueError, match="a bug deep inside"):
         main(["summary", "resnet18"])
 
@@ -61,8 +61,8 @@ def test_warnings_are_one_line_without_source():
 
 
 def test_counts_read_right_for_one():
-    from resnet.data import warn_of_classes_without
-    from resnet.sampling import class_count_line
+    from resnet.data.sources import warn_of_classes_without
+    from resnet.engine.sampling import class_count_line
     from resnet.words import plural
 
     assert [plural(n, "epoch") for n in (0, 1, 2)] == ["0 epochs", "1 epoch", "2 epochs"]

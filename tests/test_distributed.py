@@ -66,8 +66,8 @@ def test_each_machine_decodes_its_own_cache_once(tmp_path, monkeypatch):
     """Two torchrun launchers stand for two machines of two processes each; each has its own
     RESNET_CACHE, standing for its own disk. The two processes of a machine share its decode,
     each a half of the images, and each machine's cache gets every file, as one process decodes it."""
-    from resnet.cache import decode
-    from resnet.data import ImageFiles
+    from resnet.data.cache import decode
+    from resnet.data.sources import ImageFiles
 
     data = make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=8)
     port = free_port()

@@ -9,13 +9,13 @@ from dataclasses import replace
 import pytest
 
 from conftest import read_metrics
-from resnet import training
+from resnet.engine import training
 from resnet.cli import main
 from resnet.config import load_config, resolve_config, resume_config
 from resnet.errors import ResnetError
-from resnet.optim import learning_rate
-from resnet.sampling import epoch_batches
-from resnet.training import evaluations_since_best
+from resnet.engine.optim import learning_rate
+from resnet.engine.sampling import epoch_batches
+from resnet.engine.training import evaluations_since_best
 
 # A run that cannot improve: the backbone frozen (its BatchNorm statistics too) and the head's
 # lr too small to move a logit, so every evaluation scores what the first one did.

@@ -10,10 +10,10 @@ from PIL import Image
 pytest.importorskip("captum", reason='captum is not installed (pip install -e ".[app]")')
 
 from resnet.cli import main  # noqa: E402
-from resnet.evaluation import load_model_from_checkpoint  # noqa: E402
-from resnet.explain import explain_image, grad_cam  # noqa: E402
-from resnet.model import get_model  # noqa: E402
-from resnet.prediction import predict_files  # noqa: E402
+from resnet.tools.evaluation import load_model_from_checkpoint  # noqa: E402
+from resnet.tools.explain import explain_image, grad_cam  # noqa: E402
+from resnet.models.resnet import get_model  # noqa: E402
+from resnet.tools.prediction import predict_files  # noqa: E402
 
 SIDE = 128  # layer4 is a 4x4 grid at this size
 

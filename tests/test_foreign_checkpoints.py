@@ -17,12 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from resnet.checkpoint import load_checkpoint
+from resnet.engine.checkpoint import load_checkpoint
 from resnet.cli import main
 from resnet.errors import ResnetError
-from resnet.evaluation import load_model_from_checkpoint
-from resnet.model import get_model
-from resnet.weights import load_pretrained
+from resnet.tools.evaluation import load_model_from_checkpoint
+from resnet.models.resnet import get_model
+from resnet.engine.weights import load_pretrained
 
 Make = Callable[[Path], bytes]  # the real checkpoint's path -> the foreign file's bytes
 

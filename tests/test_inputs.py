@@ -21,7 +21,8 @@ import torch
 from PIL import Image
 
 from conftest import make_image_folder
-from resnet.data import load_splits, open_rgb
+from resnet.data.datasets import load_splits
+from resnet.data.sources import open_rgb
 from resnet.errors import ResnetError
 
 RNG = np.random.default_rng(0)
@@ -132,8 +133,8 @@ def folder(tmp_path) -> Path:
 def readable_splits(root: Path, strict: bool = False, **options):
     """The splits of an image folder as a run uses them: the files its decode could not read left out."""
     from resnet.config import resolve_config
-    from resnet.distributed import Topology
-    from resnet.pipeline import load_run_data
+    from resnet.util.distributed import Topology
+    from resnet.data.pipeline import load_run_data
 
     config = resolve_config({"dataset": "imagefolder", "image_size": 32, "workers": 0, "strict": strict})
     return load_run_data(load_splits("imagefolder", str(root), **options), config, Topology()).splits
@@ -180,7 +181,7 @@ def test_a_class_without_a_validation_image_is_named(tmp_path):
 
 
 def test_plots_of_cjk_and_emoji_class_names_warn_of_nothing(tmp_path):
-    from resnet.plots import plot_confusion, plot_curves
+    from resnet.util.plots import plot_confusion, plot_curves
 
     classes = ["猫", "犬", "狐狸 🦊"]
     with warnings.catch_warnings():
@@ -194,7 +195,7 @@ def test_plots_of_cjk_and_emoji_class_names_warn_of_nothing(tmp_path):
 def test_installed_fallback_fonts_are_tried_after_the_default(monkeypatch):
     import matplotlib.pyplot as plt
 
-    from resnet import plots
+    from resnet.util import plots
 
     monkeypatch.setattr(plots, "FALLBACK_FONTS", ("No Such Font", "DejaVu Serif"))
     before = list(plt.rcParams["font.family"])
@@ -296,7 +297,7 @@ def test_a_run_on_names_that_are_not_utf8_trains_and_evaluates(tmp_path, capsys)
 
 
 def test_an_overlay_titled_with_a_name_that_is_not_utf8_is_saved(tmp_path):
-    from resnet.explain import Explanation, save_overlay
+    from resnet.tools.explain import Explanation, save_overlay
 
     explanation = Explanation("x.png", [], os.fsdecode(b"b\xff"), 0.5, torch.zeros(8, 8), np.zeros((8, 8, 3), np.uint8))
     save_overlay(explanation, tmp_path / "x.cam.png")
@@ -309,7 +310,7 @@ def test_an_overlay_titled_with_a_name_that_is_not_utf8_is_saved(tmp_path):
 @pytest.fixture
 def counted_decodes(folder, monkeypatch) -> list:
     """Every ``open_rgb`` call of the decode, recorded."""
-    from resnet import cache
+    from resnet.data import cache
 
     calls = []
     original = cache.open_rgb
@@ -318,7 +319,7 @@ def counted_decodes(folder, monkeypatch) -> list:
 
 
 def decode_folder(folder: Path) -> None:
-    from resnet.cache import decode
+    from resnet.data.cache import decode
 
     decode(load_splits("imagefolder", str(folder), val_fraction=0.25).train, 32, workers=0)
 
@@ -373,7 +374,7 @@ def test_a_cache_folder_on_a_read_only_filesystem_is_an_error_before_any_decode(
 
 
 def test_a_missing_relative_data_dir_of_a_run_says_to_pass_data_dir(tmp_path, monkeypatch):
-    from resnet.evaluation import eval_source
+    from resnet.tools.evaluation import eval_source
 
     monkeypatch.chdir(tmp_path)
     checkpoint = {"config": {"dataset": "imagefolder", "data_dir": "d9"}, "classes": ["a", "b"]}
@@ -386,7 +387,7 @@ def test_a_missing_relative_data_dir_of_a_run_says_to_pass_data_dir(tmp_path, mo
 
 
 def test_a_class_whose_held_out_image_is_unreadable_is_named(tmp_path):
-    from resnet.data import list_class_folders, stratified_split
+    from resnet.data.sources import list_class_folders, stratified_split
 
     root = make_image_folder(tmp_path / "images", ["big", "other", "small"], per_class=5)
     for extra in ("3.png", "4.png"):

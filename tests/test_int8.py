@@ -18,9 +18,10 @@ from PIL import Image
 
 from conftest import make_image_folder
 from resnet.cli import main
-from resnet.data import load_splits, open_rgb
+from resnet.data.datasets import load_splits
+from resnet.data.sources import open_rgb
 from resnet.errors import ResnetError
-from resnet.quantize import export_int8, spread_across_classes
+from resnet.tools.quantize import export_int8, spread_across_classes
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -39,7 +40,7 @@ def run(tmp_path_factory):
     printed = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET_CACHE", str(root / "cache"))
-        mp.setattr("resnet.quantize.LATENCY_REPEATS", FEW_REPEATS)
+        mp.setattr("resnet.tools.quantize.LATENCY_REPEATS", FEW_REPEATS)
         assert main(["train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1",
                      "--image-size", str(SIZE), "--eval-image-size", str(SIZE), "--batch-size", "4",
                      "--out", str(root / "run"), "--quiet", "--workers", "0", "--precision", "fp32"]) == 0
@@ -67,7 +68,7 @@ def one_line_error(capsys) -> str:
 def test_int8_graph_is_quantized_runs_and_keeps_the_metadata(run):
     import onnx
 
-    from resnet.export import read_onnx_metadata
+    from resnet.tools.export import read_onnx_metadata
 
     assert run["code"] == 0, run["printed"]
     ops = Counter(node.op_type for node in onnx.load(str(run["int8"])).graph.node)
@@ -114,7 +115,7 @@ def test_reported_accuracies_and_agreement_match_a_recount(run):
 def test_agreement_below_the_minimum_is_exit_1_and_keeps_the_file(run, tmp_path, monkeypatch, capsys):
     """The float export is what test_use checks; here it is the fixture's file, copied, so that
     the threshold is tested without exporting again."""
-    import resnet.export
+    import resnet.tools.export
 
     exported = {}
 
@@ -125,17 +126,17 @@ def test_agreement_below_the_minimum_is_exit_1_and_keeps_the_file(run, tmp_path,
                         bytes=Path(out).stat().st_size)
         return exported
 
-    import resnet.quantize
+    import resnet.tools.quantize
 
-    counted = resnet.quantize.agreement_counts
+    counted = resnet.tools.quantize.agreement_counts
 
     def one_image_less_in_agreement(*args):  # whatever the two models did, short of --min-agreement 1
         counts = counted(*args)
         return {**counts, "agreeing": counts["agreeing"] - 1}
 
-    monkeypatch.setattr(resnet.export, "export_checkpoint", copy_of_the_float_export)
-    monkeypatch.setattr(resnet.quantize, "agreement_counts", one_image_less_in_agreement)
-    monkeypatch.setattr("resnet.quantize.LATENCY_REPEATS", FEW_REPEATS)
+    monkeypatch.setattr(resnet.tools.quantize, "export_checkpoint", copy_of_the_float_export)
+    monkeypatch.setattr(resnet.tools.quantize, "agreement_counts", one_image_less_in_agreement)
+    monkeypatch.setattr("resnet.tools.quantize.LATENCY_REPEATS", FEW_REPEATS)
     out = tmp_path / "m.onnx"
     assert main(["export", str(run["dir"]), "--int8", "--out", str(out), "--min-agreement", "1",
                  "--max-eval-images", "3"]) == 1

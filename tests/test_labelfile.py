@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from conftest import make_image_folder
-from resnet.data import load_splits
+from resnet.data.datasets import load_splits
 from resnet.errors import ResnetError
-from resnet.labelfile import label_file_splits
+from resnet.data.labelfile import label_file_splits
 
 
 def touch(folder: Path, *names: str) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_image_folder
-from resnet.data import imagefolder_splits
+from resnet.data.sources import imagefolder_splits
 from resnet.errors import ResnetError
 
 CLASSES = ["ant", "bee"]

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from resnet import lrfind
+from resnet.engine import lrfind
 from resnet.cli import main
-from resnet.lrfind import BETA, RangeTest, lr_schedule, range_test, suggest
+from resnet.engine.lrfind import BETA, RangeTest, lr_schedule, range_test, suggest
 
 TINY = ["--dataset", "imagefolder", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--precision", "fp32", "--quiet"]

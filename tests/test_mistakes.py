@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from resnet.cli import main
-from resnet.data import load_splits
-from resnet.evaluation import load_model_from_checkpoint
-from resnet.mistakes import most_confused, worst_mistakes
-from resnet.prediction import predict_files
+from resnet.data.datasets import load_splits
+from resnet.tools.evaluation import load_model_from_checkpoint
+from resnet.tools.mistakes import most_confused, worst_mistakes
+from resnet.tools.prediction import predict_files
 
 CLASSES = ["a", "b", "c"]
 

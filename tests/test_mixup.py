@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_image_folder
-from resnet import training
-from resnet.checkpoint import load_checkpoint
+from resnet.engine import training
+from resnet.engine.checkpoint import load_checkpoint
 from resnet.cli import main
 from resnet.config import TrainConfig, resolve_config
 from resnet.errors import ResnetError
-from resnet.mixing import BatchMixer, mix_generator
-from resnet.step import TrainStep
+from resnet.engine.mixing import BatchMixer, mix_generator
+from resnet.engine.step import TrainStep
 
 CLASSES = 5
 

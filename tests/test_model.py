@@ -4,7 +4,7 @@ import torchvision
 
 import resnet
 from resnet import BasicBlock, Bottleneck, ResNet, get_model, list_models
-from resnet.model import FlipTTA, resnet18
+from resnet.models.resnet import FlipTTA, resnet18
 
 EXPECTED_PARAMS = {
     "resnet10": 5_418_792,
@@ -36,7 +36,7 @@ def test_registry_lists_every_depth():
 
 
 def test_registry_sorts_variants_by_depth_then_name(monkeypatch):
-    from resnet import model
+    from resnet.models import resnet as model
 
     for name in ("resnet50d", "resnet26", "resnet200"):
         monkeypatch.setitem(model._MODELS, name, resnet18)

@@ -18,12 +18,14 @@ import pytest
 import torch
 
 from conftest import make_image_folder
-from resnet import cache as cache_module, checkpoint as checkpoint_module, pipeline, rundir
-from resnet.checkpoint import load_checkpoint
+from resnet.data import cache as cache_module, pipeline
+from resnet.engine import rundir
+from resnet.engine.checkpoint import load_checkpoint
+from resnet.util import files
 from resnet.cli import main
 from resnet.config import resolve_config
 from resnet.errors import ResnetError
-from resnet.step import TrainStep
+from resnet.engine.step import TrainStep
 
 TINY = ["--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet",
         "--arch", "resnet18", "--lr", "0.05"]
@@ -165,7 +167,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(folder, tmp_pat
 
 def fail_writes_of(monkeypatch, name: str, epoch: int) -> None:
     """Writing ``name`` at the end of 1-based ``epoch`` fails as a full disk does: ENOSPC."""
-    real = checkpoint_module.write_atomic
+    real = files.write_atomic
 
     def full(f):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -175,7 +177,7 @@ def fail_writes_of(monkeypatch, name: str, epoch: int) -> None:
         ending = load_checkpoint(last)["state"]["epoch"] + 1 if last.exists() else 1
         return real(path, full if Path(path).name == name and ending == epoch else write, needed)
 
-    monkeypatch.setattr(checkpoint_module, "write_atomic", write_atomic)
+    monkeypatch.setattr(files, "write_atomic", write_atomic)
 
 
 def test_best_score_is_recorded_only_once_best_pt_is_written(folder, tmp_path, monkeypatch, capsys):
@@ -365,7 +367,7 @@ class SlowItems(torch.utils.data.Dataset):
 
 def test_data_workers_leave_a_group_sigterm_to_the_main_process():
     """Slurm and a terminal signal the whole process group: a worker must not die of it."""
-    from resnet.signals import leave_signals_to_the_main_process
+    from resnet.util.signals import leave_signals_to_the_main_process
 
     loader = torch.utils.data.DataLoader(SlowItems(), batch_size=1, num_workers=2,
                                          worker_init_fn=leave_signals_to_the_main_process)

@@ -37,8 +37,8 @@ def top1_shown(page) -> str:
 def test_the_app_classifies_in_a_browser_as_predict_does_and_survives_junk(server, tiny_run, tmp_path):
     from playwright.sync_api import sync_playwright
 
-    from resnet.evaluation import load_model_from_checkpoint
-    from resnet.prediction import predict_files
+    from resnet.tools.evaluation import load_model_from_checkpoint
+    from resnet.tools.prediction import predict_files
 
     image = tiny_run["data"] / "fox" / "2.png"
     model, checkpoint = load_model_from_checkpoint(tiny_run["dir"])

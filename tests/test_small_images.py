@@ -10,7 +10,7 @@ import torch
 from conftest import make_image_folder
 from resnet.cli import main
 from resnet.errors import ResnetError
-from resnet.evaluation import load_model_from_checkpoint
+from resnet.tools.evaluation import load_model_from_checkpoint
 
 CLASSES = ["ant", "bee"]
 
@@ -71,7 +71,7 @@ def test_weights_of_the_other_stem_are_named_as_such(small_run, tmp_path):
 
 
 def resolved(data, *options):
-    from resnet.assembly import images_side
+    from resnet.engine.assembly import images_side
     from resnet.config import resolve_config
 
     overrides = {"dataset": "imagefolder", "data_dir": str(data), **dict(options)}
@@ -94,7 +94,7 @@ def test_small_images_get_the_small_image_defaults_and_say_so(small_run, tmp_pat
 
 
 def test_the_small_image_recipe_follows_the_device(small_run):
-    from resnet.assembly import images_side
+    from resnet.engine.assembly import images_side
     from resnet.config import resolve_config
 
     overrides = {"dataset": "imagefolder", "data_dir": str(small_run["data"])}
@@ -123,7 +123,7 @@ def test_an_explicit_size_or_stem_wins(small_run):
 
 
 def test_a_label_files_images_are_sampled_too(small_run, tmp_path):
-    from resnet.data import sample_image_files, typical_shorter_side
+    from resnet.data.datasets import sample_image_files, typical_shorter_side
 
     rows = [f"{path.relative_to(small_run['data']).with_suffix('')},{path.parent.name}"
             for path in sorted((small_run["data"] / "train").rglob("*.png"))]
@@ -134,7 +134,7 @@ def test_a_label_files_images_are_sampled_too(small_run, tmp_path):
 
 
 def test_a_label_file_alone_gets_the_small_image_defaults_as_with_its_folder(small_run, tmp_path, capsys):
-    from resnet.assembly import train_config
+    from resnet.engine.assembly import train_config
 
     rows = [f"{path.relative_to(small_run['data'])},{path.parent.name}"
             for path in sorted((small_run["data"] / "train").rglob("*.png"))]
@@ -151,7 +151,7 @@ def test_a_label_file_alone_gets_the_small_image_defaults_as_with_its_folder(sma
 
 
 def test_a_data_folder_alone_means_an_image_folder(small_run):
-    from resnet.assembly import train_config
+    from resnet.engine.assembly import train_config
     from resnet.config import resolve_config
 
     assert resolve_config({"data_dir": str(small_run["data"])}).dataset == "imagefolder"
@@ -184,7 +184,7 @@ def test_the_python_api_trains_the_folder_it_is_given(tmp_path):
 def test_calibrate_refuses_a_run_that_evaluates_on_its_test_split(small_run, tmp_path, capsys):
     import shutil
 
-    from resnet.checkpoint import load_checkpoint
+    from resnet.engine.checkpoint import load_checkpoint
 
     run = tmp_path / "run"
     shutil.copytree(small_run["run"], run)  # trained on DIR/train, evaluated on DIR/test

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from conftest import read_metrics
-from resnet import progress
+from resnet.util import progress
 from resnet.cli import main
 from resnet.config import resolve_config
 from resnet.errors import ResnetError
-from resnet.trackers import MLflowTracker, Tracker, Trackers, tracker_names
+from resnet.engine.trackers import MLflowTracker, Tracker, Trackers, tracker_names
 
 TINY = ["--dataset", "imagefolder", "--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0",
         "--precision", "fp32", "--quiet"]

@@ -19,18 +19,21 @@ from PIL import Image
 from torchvision import transforms as T
 
 from conftest import make_image_folder, read_metrics
-from resnet import augment, optim, sampling, training as train_module
-from resnet.checkpoint import load_checkpoint, save_atomic
+from resnet.data import augment
+from resnet.engine import optim, sampling, training as train_module
+from resnet.engine.checkpoint import load_checkpoint
+from resnet.util.files import save_atomic
 from resnet.cli import main
 from resnet.config import TrainConfig, resolve_config
-from resnet.cache import Store, decode
-from resnet.data import PETALS_SIZES, load_splits, open_rgb
-from resnet.distributed import Topology
-from resnet.pipeline import FastTrainBatches, augment_spec, load_run_data
+from resnet.data.cache import Store, decode
+from resnet.data.sources import PETALS_SIZES, open_rgb
+from resnet.data.datasets import load_splits
+from resnet.util.distributed import Topology
+from resnet.data.pipeline import FastTrainBatches, augment_spec, load_run_data
 from resnet.errors import ResnetError
-from resnet.petals import CLASSES, make_petals
-from resnet.model import get_model
-from resnet.step import build_model
+from resnet.data.petals import CLASSES, make_petals
+from resnet.models.resnet import get_model
+from resnet.engine.step import build_model
 
 TINY = ["--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
         "--quiet", "--arch", "resnet18"]
@@ -317,7 +320,7 @@ def test_flowers102_offline_without_a_copy_is_one_line(tmp_path, monkeypatch, ca
 def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
     source = load_splits("imagefolder", str(folder)).train
     first = decode(source, 16, workers=0)
-    monkeypatch.setattr("resnet.cache.DataLoader", None)  # a second decode would fail
+    monkeypatch.setattr("resnet.data.cache.DataLoader", None)  # a second decode would fail
     second = decode(source, 16, workers=0)
     every = torch.arange(len(source))
     torch.testing.assert_close(first.gather(every), second.gather(every))
@@ -325,7 +328,7 @@ def test_decoded_cache_is_reused_from_disk(folder, monkeypatch):
 
 
 def test_draft_decoded_training_cache_is_close_to_the_full_decode(tmp_path):
-    from resnet.data import ImageFiles
+    from resnet.data.sources import ImageFiles
 
     # A smooth 400x300 photo-like image: libjpeg's 1/4-scale decode (100x75) then the resize to 64.
     y, x = np.mgrid[0:300, 0:400] / 60.0
@@ -725,7 +728,7 @@ def test_a_run_on_three_classes_and_its_extension(folder, tmp_path, capsys):
 
 
 def test_checkpoint_format_is_checked_and_older_checkpoints_load(tmp_path):
-    from resnet.evaluation import load_model_from_checkpoint
+    from resnet.tools.evaluation import load_model_from_checkpoint
 
     plain = {"arch": "resnet18", "classes": ["a", "b"], "model": get_model("resnet18", num_classes=2)
              .state_dict()}
@@ -797,7 +800,7 @@ def test_weight_decay_skips_norms_and_biases():
 
 
 def test_epoch_batches_shard_the_permutation_disjointly():
-    from resnet.distributed import Topology, shard
+    from resnet.util.distributed import Topology, shard
 
     whole = sampling.epoch_batches(50, 8, seed=0, epoch=3)
     assert [len(b) for b in whole] == [8] * 6 + [2]
@@ -812,7 +815,7 @@ def test_epoch_batches_shard_the_permutation_disjointly():
 
 
 def test_a_shared_batch_is_augmented_as_a_whole_one():
-    from resnet.cache import DecodedImages
+    from resnet.data.cache import DecodedImages
 
     data = DecodedImages((torch.rand(6, 3, 16, 16) * 255).to(torch.uint8), torch.arange(6))
     config = resolve_config({"image_size": 32, "color_jitter": 0.3, "rotation": 30})

@@ -13,9 +13,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from resnet.cli import main
-from resnet.data import load_splits, open_rgb
-from resnet.evaluation import load_model_from_checkpoint
-from resnet.model import FlipTTA, get_model
+from resnet.data.datasets import load_splits
+from resnet.data.sources import open_rgb
+from resnet.tools.evaluation import load_model_from_checkpoint
+from resnet.models.resnet import FlipTTA, get_model
 
 CLASSES = ["cat", "dog", "fox"]
 SIZE = 32
@@ -105,8 +106,8 @@ def test_eval_matches_a_direct_computation(run, capsys):
 
 def test_top5_misses_a_class_ranked_sixth():
     """Six classes and a model whose logits are fixed per image (read off its pixel value)."""
-    from resnet.data import ImageArrays
-    from resnet.evaluation import evaluate
+    from resnet.data.sources import ImageArrays
+    from resnet.tools.evaluation import evaluate
 
     table = torch.tensor([[6.0, 5, 4, 3, 2, 1]] * 4)  # class 0 ranks first, class 5 sixth
     labels = np.array([0, 4, 5, 5])  # ranked 1st, 5th, 6th, 6th: top-1 1/4, top-5 2/4
@@ -269,7 +270,7 @@ def test_warnings_reach_the_user_as_one_line(run, tmp_path):
 
 def test_export_onnx_parity_and_metadata(run, tmp_path, capsys):
     onnxruntime = pytest.importorskip("onnxruntime")
-    from resnet.export import read_onnx_metadata
+    from resnet.tools.export import read_onnx_metadata
 
     out = tmp_path / "model.onnx"
     assert main(["export", str(run["ckpt"]), "--format", "onnx", "--out", str(out)]) == 0
@@ -317,7 +318,7 @@ def test_export_onnx_parity_and_metadata(run, tmp_path, capsys):
 
 
 def test_export_torchscript_parity_and_metadata(run, tmp_path, capsys):
-    from resnet.export import load_torchscript
+    from resnet.tools.export import load_torchscript
 
     out = tmp_path / "model.pt"
     assert main(["export", str(run["dir"]), "--format", "torchscript", "--out", str(out)]) == 0

@@ -1,13 +1,13 @@
 """resnet: train and use ResNet image classifiers with PyTorch.
 
 ``resnet.train``, ``resnet.evaluate`` and ``resnet.predict`` are the ``resnet`` commands as
-functions (resnet.api); the modules they run are resnet.training, resnet.evaluation and
-resnet.prediction, named so that importing them leaves these names to the functions.
+functions (resnet.api); the modules they run are resnet.engine.training, resnet.tools.evaluation and
+resnet.tools.prediction, named so that importing them leaves these names to the functions.
 """
 
 from resnet.api import EvalResult, PredictResult, TrainResult, evaluate, predict, train
 from resnet.errors import ResnetError
-from resnet.model import (
+from resnet.models.resnet import (
     BasicBlock,
     Bottleneck,
     FlipTTA,
@@ -22,7 +22,7 @@ from resnet.model import (
     resnet152,
 )
 
-__version__ = "0.1.0"
+from resnet.version import __version__ as __version__  # resnet.__version__
 
 __all__ = [
     "BasicBlock",

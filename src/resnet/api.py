@@ -91,12 +91,12 @@ def train(*, resume: PathLike | None = None, **options: Any) -> TrainResult:
 
     ``resnet.train(data_dir="photos", epochs=10)`` is ``resnet train --data-dir photos --epochs 10``;
     ``lr="auto"`` is ``--lr auto``.
-    A stop signal (Ctrl-C) saves a checkpoint and raises ``resnet.training.Interrupted``.
+    A stop signal (Ctrl-C) saves a checkpoint and raises ``resnet.engine.training.Interrupted``.
     """
     from dataclasses import fields
 
     from resnet.config import TrainConfig, load_config
-    from resnet.training import train_with_options
+    from resnet.engine.training import train_with_options
 
     reject_unknown(options, [f.name for f in fields(TrainConfig)], "resnet.train")
     given = {name: os.fspath(value) if isinstance(value, os.PathLike) else value
@@ -127,7 +127,7 @@ def evaluate(run_or_checkpoint: PathLike, *, dataset: str | None = None, data_di
              min_confidence: float | None = None, **unknown: Any) -> EvalResult:
     """Score a checkpoint (or a run directory's best.pt) as ``resnet eval`` does, writing its
     PNGs and CSVs next to the checkpoint or in ``out``; the options are the command's."""
-    from resnet.evaluation import evaluate_checkpoint
+    from resnet.tools.evaluation import evaluate_checkpoint
 
     reject_unknown(unknown, parameters(evaluate), "resnet.evaluate")
     for name, value in (("run_or_checkpoint", run_or_checkpoint), ("data_dir", data_dir), ("out", out)):
@@ -146,7 +146,7 @@ def predict(checkpoint: PathLike, images: PathLike | Sequence[PathLike], *, top_
             device: str = "auto", min_confidence: float | None = None, **unknown: Any) -> PredictResult:
     """Classify image files (a directory: every image under it) as ``resnet predict`` does. A file
     that cannot be read is listed in ``errors``, and the others are still predicted."""
-    from resnet.prediction import predict_checkpoint, prediction_report
+    from resnet.tools.prediction import predict_checkpoint, prediction_report
 
     reject_unknown(unknown, parameters(predict), "resnet.predict")
     check_path("resnet.predict", "checkpoint", checkpoint)

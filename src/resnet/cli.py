@@ -14,7 +14,7 @@ from typing import NoReturn
 
 from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
-from resnet.model import STEMS, list_models
+from resnet.models.resnet import STEMS, list_models
 from resnet.words import plural
 
 STEM_HELP = ("imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride 1, no max-pool: images of ~32 px) | "
@@ -48,7 +48,7 @@ def add_summary_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_summary(args: argparse.Namespace) -> int:
-    from resnet.summary import summary_table
+    from resnet.tools.summary import summary_table
 
     height, width = (args.image_size * 2)[:2]
     print(summary_table(args.arch, (args.batch_size, 3, height, width), args.num_classes, args.depth, args.stem))
@@ -64,7 +64,7 @@ def add_list_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from resnet.summary import models_table
+    from resnet.tools.summary import models_table
 
     print(models_table(args.image_size, args.num_classes, args.stem))
     return 0
@@ -119,7 +119,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from resnet.training import Interrupted, train_with_options
+    from resnet.engine.training import Interrupted, train_with_options
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "run", "resume")}
     try:
@@ -131,7 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
-    from resnet.lrfind import END_LR, START_LR, STEPS
+    from resnet.engine.lrfind import END_LR, START_LR, STEPS
 
     p = subparsers.add_parser(
         "lr-find", help="the learning-rate range test: the loss against the lr, and a suggested lr",
@@ -152,8 +152,8 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_lr_find(args: argparse.Namespace) -> int:
-    from resnet.assembly import train_config
-    from resnet.lrfind import check_folder, check_range, lr_find_command
+    from resnet.engine.assembly import train_config
+    from resnet.engine.lrfind import check_folder, check_range, lr_find_command
 
     check_range(args.steps, args.start_lr, args.end_lr)  # before the line the training defaults may print
     check_folder(Path(args.find_out))
@@ -202,7 +202,7 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     import json
 
-    from resnet.evaluation import evaluate_checkpoint, format_eval
+    from resnet.tools.evaluation import evaluate_checkpoint, format_eval
 
     result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
                                  args.device, args.batch_size, args.workers, args.image_size, args.tta,
@@ -238,7 +238,7 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_calibrate(args: argparse.Namespace) -> int:
     import json
 
-    from resnet.calibrate import calibrate_run, format_calibration
+    from resnet.tools.calibrate import calibrate_run, format_calibration
 
     result = calibrate_run(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.device,
                            args.batch_size, args.workers)
@@ -269,7 +269,7 @@ def run_predict(args: argparse.Namespace) -> int:
     import csv
     import json
 
-    from resnet.prediction import ANSWER_COLUMNS, CSV_COLUMNS, csv_rows, format_text, predict_checkpoint, \
+    from resnet.tools.prediction import ANSWER_COLUMNS, CSV_COLUMNS, csv_rows, format_text, predict_checkpoint, \
         prediction_report
 
     checkpoint, predictions = predict_checkpoint(args.checkpoint, args.inputs, args.top_k, args.batch_size,
@@ -305,15 +305,15 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None, metavar="FILE",
                    help="default: next to the checkpoint, as <name>.onnx / <name>.torchscript.pt")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest allowed |exported - PyTorch| (default 1e-3)")
-    from resnet.quantize import add_int8_arguments
+    from resnet.tools.quantize import add_int8_arguments
 
     add_int8_arguments(p)
     p.set_defaults(run=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from resnet.export import export_checkpoint
-    from resnet.quantize import INT8_OPTIONS, run_int8_export
+    from resnet.tools.export import export_checkpoint
+    from resnet.tools.quantize import INT8_OPTIONS, run_int8_export
 
     if args.int8 or any(getattr(args, name) is not None for name in INT8_OPTIONS):
         return run_int8_export(args)
@@ -327,7 +327,7 @@ def run_export(args: argparse.Namespace) -> int:
 def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     import os
 
-    from resnet.bench import BenchOptions
+    from resnet.tools.bench import BenchOptions
 
     d = BenchOptions()
     p = subparsers.add_parser(
@@ -368,7 +368,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> int:
     from dataclasses import fields
 
-    from resnet.bench import BenchOptions, run
+    from resnet.tools.bench import BenchOptions, run
 
     options = BenchOptions(**{f.name: getattr(args, f.name) for f in fields(BenchOptions)})
     run(options, as_json=args.json, out=args.out)
@@ -391,7 +391,7 @@ def add_explain_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_explain(args: argparse.Namespace) -> int:
-    from resnet.explain import explain_files
+    from resnet.tools.explain import explain_files
 
     failed = 0
     for image, result in explain_files(args.checkpoint, args.inputs, args.out, args.class_name, args.layer):
@@ -418,14 +418,14 @@ def add_serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from resnet.app import serve
+    from resnet.tools.app import serve
 
     serve(args.runs, args.runs_dir, args.host, args.port)
     return 0
 
 
 def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
-    from resnet.check import ASPECT_LIMIT, BOTH_MAX, PHASH_MAX
+    from resnet.tools.check import ASPECT_LIMIT, BOTH_MAX, PHASH_MAX
 
     p = subparsers.add_parser(
         "check", help="a dataset's health report: duplicates, leaks between splits, unreadable files",
@@ -462,8 +462,8 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_check(args: argparse.Namespace) -> int:
     import json
 
-    from resnet.check import CheckOptions, check_dataset, exit_status, format_report
-    from resnet.signals import Stopped, StopSignals
+    from resnet.tools.check import CheckOptions, check_dataset, exit_status, format_report
+    from resnet.util.signals import Stopped, StopSignals
 
     options = CheckOptions(args.dataset, args.data_dir, args.labels, args.val_fraction, args.seed, args.image_size,
                            args.phash_distance, args.both_distance, args.workers, not args.quiet, args.out)
@@ -485,7 +485,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from resnet import __version__
+    from resnet.version import __version__
 
     parser = Parser(prog="resnet", description="Train and use ResNet image classifiers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from resnet.errors import ResnetError
-from resnet.model import STEMS, list_models
+from resnet.models.resnet import STEMS, list_models
 
 
 def option(default: Any, help: str) -> Any:

@@ -1,0 +1,1 @@
+"""The model library: ResNet networks as pure ``nn.Module``s (torch only)."""
