@@ -9,18 +9,16 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
 # One intra-op thread, here and in the commands the tests start as subprocesses (which inherit
 # the environment): the tests' tensors are tiny, and two threads on a two-core machine shared
-# with other work spend most of each step waiting for each other (about 3x slower here). Set
-# before numpy and torch are imported; a value given in the environment is kept.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-
-torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+# with other work spend most of each step waiting for each other (about 3x slower here). A
+# value given in the environment is kept.
+torch.set_num_threads(int(os.environ.setdefault("OMP_NUM_THREADS", "1")))
 
 
 @pytest.fixture(autouse=True)

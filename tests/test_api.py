@@ -159,7 +159,11 @@ def test_predict_gives_the_commands_answers_and_reports_unreadable_files(tiny_ru
     assert result.failed == 1 and result.errors[0]["path"] == str(tmp_path / "broken.png")
     assert len(result.predictions) == 4 and len(result.predictions[0]["top"]) == 2
     one = resnet.predict(tiny_run["ckpt"], tiny_run["data"] / "cat" / "0.png", device="cpu")  # a path alone
-    assert one.predictions[0]["top"][:2] == result.predictions[0]["top"]
+    # The same classes and probabilities, the latter to float32's rounding: a batch of one and a batch
+    # of four need not agree to the last bit (they did for one set of weights, not for every one).
+    alone, in_batch = one.predictions[0]["top"][:2], result.predictions[0]["top"]
+    assert [p["class"] for p in alone] == [p["class"] for p in in_batch]
+    assert [p["probability"] for p in alone] == pytest.approx([p["probability"] for p in in_batch], abs=1e-6)
 
 
 def command_options(name: str) -> dict[str, object]:
