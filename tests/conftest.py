@@ -93,13 +93,17 @@ def answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture
-def server(tiny_run, tmp_path):
-    """``resnet serve`` of the tiny run, started as a user starts it; yields its URL once the page answers."""
+@pytest.fixture(scope="module")
+def server(tiny_run, tmp_path_factory):
+    """``resnet serve`` of the tiny run, started as a user starts it; yields its URL once the page answers.
+    One server a test module (starting one takes seconds): its tests only read from it."""
+    tmp_path = tmp_path_factory.mktemp("serve")
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     log = open(tmp_path / "serve.log", "w")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    # Its own cache and data folders: the per-test ones of isolated_cache are not set up yet.
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+           "RESNET_CACHE": str(tmp_path / "cache"), "RESNET_DATA": str(tmp_path / "no-data")}
     process = subprocess.Popen([sys.executable, "-m", "resnet", "serve", str(tiny_run["dir"]), "--runs-dir",
                                 str(tmp_path / "no-runs"), "--port", str(port)],
                                stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
