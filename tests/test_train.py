@@ -35,8 +35,9 @@ from resnet.data.petals import CLASSES, make_petals
 from resnet.models.resnet import get_model
 from resnet.engine.step import build_model
 
+# resnet10: half resnet18's steps and checkpoint bytes; the tests that load resnet18 weights say --arch resnet18.
 TINY = ["--epochs", "2", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32",
-        "--quiet", "--arch", "resnet18"]
+        "--quiet", "--arch", "resnet10"]
 
 
 # --- the tutorial's recipe ------------------------------------------------------------
@@ -483,12 +484,29 @@ def interrupt_at(monkeypatch, global_step: int, exception: type[BaseException] |
 PROGRESSIVE = ["--image-size", "64", "--min-image-size", "32", "--progressive-until", "1"]  # 32, 48, 64 px
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The runs test_resume_is_bit_exact compares with, on one image folder, each trained once
+    (ctrl-c and kill share theirs): ``uninterrupted(extra)`` gives (its options, its directory)."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    folder = make_image_folder(root / "images", ["a", "b", "c"], per_class=6)
+    runs: dict[tuple[str, ...], Path] = {}
+
+    def run(extra: list[str]) -> tuple[list[str], Path]:
+        args = ["--dataset", "imagefolder", "--data-dir", str(folder), "--lr", "0.05", *TINY,
+                "--epochs", "3", "--ema-decay", "0.9", *extra]
+        if tuple(extra) not in runs:
+            runs[tuple(extra)] = root / f"whole-{len(runs)}"
+            assert main(["train", *args, "--out", str(runs[tuple(extra)])]) == 0
+        return args, runs[tuple(extra)]
+
+    return run
+
+
 @pytest.mark.parametrize("how, extra", [("ctrl-c", []), ("kill", []), ("ctrl-c", PROGRESSIVE)],
                          ids=["ctrl-c", "kill", "progressive"])
-def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how, extra):
-    args = ["--dataset", "imagefolder", "--data-dir", str(folder), "--lr", "0.05", *TINY,
-            "--epochs", "3", "--ema-decay", "0.9", *extra]
-    assert main(["train", *args, "--out", str(tmp_path / "whole")]) == 0
+def test_resume_is_bit_exact(uninterrupted, tmp_path, monkeypatch, how, extra):
+    args, whole_dir = uninterrupted(extra)
 
     with monkeypatch.context() as patch:
         # 15 training images in batches of 4: 4 steps an epoch; stop after epoch 2's second step.
@@ -502,12 +520,12 @@ def test_resume_is_bit_exact(folder, tmp_path, monkeypatch, how, extra):
     assert (saved["epoch"], saved["step"]) == ((1, 2) if how == "ctrl-c" else (1, 0))
     assert main(["train", "--resume", str(tmp_path / "cut")]) == 0
 
-    whole, cut = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
+    whole, cut = load_checkpoint(whole_dir / "last.pt"), load_checkpoint(tmp_path / "cut" / "last.pt")
     for part in ("model", "ema"):
         for key, value in whole[part].items():
             assert torch.equal(value, cut[part][key]), (part, key)
     columns = ("epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "train_size")
-    assert [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "whole")] == \
+    assert [{c: r[c] for c in columns} for r in read_metrics(whole_dir)] == \
            [{c: r[c] for c in columns} for r in read_metrics(tmp_path / "cut")]
 
 
@@ -863,7 +881,7 @@ def test_freeze_backbone_leaves_every_backbone_tensor_unchanged(folder, tmp_path
     out = tmp_path / "probe"
     with pytest.warns(UserWarning, match="re-initialized"):
         assert main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--out", str(out),
-                     "--weights", str(torchvision_pth), "--freeze-backbone", *TINY]) == 0
+                     "--weights", str(torchvision_pth), "--freeze-backbone", *TINY, "--arch", "resnet18"]) == 0
     before = torch.load(torchvision_pth, weights_only=True)
     after = load_checkpoint(out / "last.pt")["model"]
     for key, value in after.items():
@@ -886,7 +904,7 @@ def test_weights_of_another_architecture_name_the_tensor(tmp_path, capsys, folde
     state["layer1.0.conv1.weight"] = torch.zeros(64, 64, 1, 1)
     torch.save(state, path)
     code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--weights", str(path),
-                 "--out", str(tmp_path / "run"), *TINY])
+                 "--out", str(tmp_path / "run"), *TINY, "--arch", "resnet18"])
     assert code == 2
     assert "tensor 'layer1.0.conv1.weight' has shape (64, 64, 1, 1)" in one_line_error(capsys)
 
@@ -899,7 +917,7 @@ def test_imagenet_weights_offline_is_one_line(tmp_path, capsys, monkeypatch, fol
 
     monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
     code = main(["train", "--dataset", "imagefolder", "--data-dir", str(folder), "--weights", "imagenet",
-                 "--out", str(tmp_path / "run"), *TINY])
+                 "--out", str(tmp_path / "run"), *TINY, "--arch", "resnet18"])
     assert code == 2
     assert "could not download torchvision's ImageNet weights for resnet18" in one_line_error(capsys)
 
