@@ -25,13 +25,14 @@ from resnet.tools.app import (
 from resnet.cli import main  # noqa: E402
 from resnet.errors import ResnetError  # noqa: E402
 from resnet.tools.evaluation import load_model_from_checkpoint  # noqa: E402
+from resnet.tools.options import PredictOptions  # noqa: E402
 from resnet.tools.prediction import predict_files  # noqa: E402
 
 
 def test_classify_gives_predict_files_probabilities(tiny_run):
     model, checkpoint = load_model_from_checkpoint(tiny_run["ckpt"])
     paths = [str(tiny_run["data"] / name / f"{i}.png") for name in tiny_run["classes"] for i in (0, 3)]
-    expected = list(predict_files(model, checkpoint, paths, top_k=5, device="cpu"))
+    expected = list(predict_files(model, checkpoint, paths, PredictOptions(top_k=5), device="cpu"))
     for with_cam in (True, False):
         results = classify(model, checkpoint, paths, with_cam=with_cam)
         for got, want in zip(results, expected, strict=True):

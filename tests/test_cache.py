@@ -212,8 +212,10 @@ def test_a_consumer_that_stops_early_stops_the_prefetcher():
 
 def test_eval_decodes_only_the_images_it_scores(tiny_run, decodes, monkeypatch, tmp_path):
     from resnet.tools.evaluation import evaluate_checkpoint
+    from resnet.tools.options import EvalOptions
 
     monkeypatch.setenv("RESNET_CACHE", str(tmp_path / "cold"))
-    result = evaluate_checkpoint(tiny_run["dir"], out=tmp_path / "eval", workers=0, mistakes=0)
+    options = EvalOptions(out=tmp_path / "eval", workers=0, device="cpu", mistakes=0)
+    result = evaluate_checkpoint(tiny_run["dir"], options)
     evaluated = load_splits("imagefolder", str(tiny_run["data"])).eval.paths
     assert sorted(decodes) == sorted(str(p) for p in evaluated) and result["images"] == len(evaluated)

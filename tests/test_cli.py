@@ -30,11 +30,17 @@ def test_bare_resnet_lists_the_commands(capsys):
 
 def test_a_usage_error_is_one_line(capsys):
     with pytest.raises(SystemExit) as exit:
-        main(["eval", "run", "--workers", "-1"])
+        main(["eval", "run", "--workers", "many"])
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1, err
-    assert err.startswith("resnet eval: error: argument --workers: must be a non-negative integer")
+    assert err.startswith("resnet eval: error: argument --workers: invalid int value: 'many'")
+
+
+def test_a_bad_value_is_one_line_naming_the_flag(capsys):
+    """Checked with the command's options (as resnet.evaluate checks them), before the checkpoint is read."""
+    assert main(["eval", "run", "--workers", "-1"]) == 2
+    assert capsys.readouterr().err == "resnet eval: error: --workers must be a non-negative integer, got -1\n"
 
 
 def test_bad_input_is_one_line_but_a_bug_keeps_its_traceback(monkeypatch, capsys):

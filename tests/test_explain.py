@@ -13,6 +13,7 @@ from resnet.cli import main  # noqa: E402
 from resnet.tools.evaluation import load_model_from_checkpoint  # noqa: E402
 from resnet.tools.explain import explain_image, grad_cam  # noqa: E402
 from resnet.models.resnet import get_model  # noqa: E402
+from resnet.tools.options import PredictOptions  # noqa: E402
 from resnet.tools.prediction import predict_files  # noqa: E402
 
 SIDE = 128  # layer4 is a 4x4 grid at this size
@@ -73,7 +74,7 @@ def test_explain_image_probabilities_are_predicts(tiny_run):
     model, checkpoint = load_model_from_checkpoint(tiny_run["ckpt"])
     path = tiny_run["data"] / "dog" / "0.png"
     explanation = explain_image(model, checkpoint, path)
-    expected = next(predict_files(model, checkpoint, [path], top_k=5, device="cpu"))
+    expected = next(predict_files(model, checkpoint, [path], PredictOptions(top_k=5), device="cpu"))
     assert [name for name, _ in explanation.top] == [name for name, _ in expected.top]
     assert [p for _, p in explanation.top] == pytest.approx([p for _, p in expected.top], abs=1e-6)
     assert explanation.target == expected.top[0][0]

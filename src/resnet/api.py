@@ -126,35 +126,33 @@ def evaluate(run_or_checkpoint: PathLike, *, dataset: str | None = None, data_di
              workers: int | None = None, device: str = "auto", mistakes: int = 16,
              min_confidence: float | None = None, **unknown: Any) -> EvalResult:
     """Score a checkpoint (or a run directory's best.pt) as ``resnet eval`` does, writing its
-    PNGs and CSVs next to the checkpoint or in ``out``; the options are the command's."""
+    PNGs and CSVs next to the checkpoint or in ``out``; the options are the command's, checked
+    as the command checks them (``EvalOptions.validate``)."""
     from resnet.tools.evaluation import evaluate_checkpoint
+    from resnet.tools.options import EvalOptions
 
     reject_unknown(unknown, parameters(evaluate), "resnet.evaluate")
     for name, value in (("run_or_checkpoint", run_or_checkpoint), ("data_dir", data_dir), ("out", out)):
         check_path("resnet.evaluate", name, value, allow_none=name != "run_or_checkpoint")
-    check_choice("split", split)  # the dataset, the subset and the device are checked where they are used
-    check_count("batch_size", batch_size, 1)
-    check_count("workers", workers, 0, allow_none=True)
-    check_count("mistakes", mistakes, 0)
-    check_count("image_size", image_size, 1, allow_none=True)
     data_dir = os.fspath(data_dir) if data_dir is not None else None
-    return EvalResult(evaluate_checkpoint(run_or_checkpoint, dataset, data_dir, split, subset, out, device,
-                                          batch_size, workers, image_size, tta, mistakes, min_confidence))
+    options = EvalOptions(dataset=dataset, data_dir=data_dir, split=split, subset=subset, batch_size=batch_size,
+                          workers=workers, device=device, out=out, image_size=image_size, tta=tta,
+                          mistakes=mistakes, min_confidence=min_confidence)
+    return EvalResult(evaluate_checkpoint(run_or_checkpoint, options))
 
 
 def predict(checkpoint: PathLike, images: PathLike | Sequence[PathLike], *, top_k: int = 5, batch_size: int = 32,
             device: str = "auto", min_confidence: float | None = None, **unknown: Any) -> PredictResult:
     """Classify image files (a directory: every image under it) as ``resnet predict`` does. A file
     that cannot be read is listed in ``errors``, and the others are still predicted."""
+    from resnet.tools.options import PredictOptions
     from resnet.tools.prediction import predict_checkpoint, prediction_report
 
     reject_unknown(unknown, parameters(predict), "resnet.predict")
     check_path("resnet.predict", "checkpoint", checkpoint)
     inputs = image_paths(images)
-    check_count("top_k", top_k, 1)
-    check_count("batch_size", batch_size, 1)
-    loaded, predictions = predict_checkpoint(checkpoint, inputs, top_k, batch_size, device,
-                                             min_confidence=min_confidence)
+    options = PredictOptions(top_k=top_k, batch_size=batch_size, device=device, min_confidence=min_confidence)
+    loaded, predictions = predict_checkpoint(checkpoint, inputs, options)
     return PredictResult(prediction_report(loaded, predictions, min_confidence))
 
 
@@ -172,14 +170,6 @@ def reject_unknown(given: Mapping[str, Any], known: Sequence[str], function: str
 
 def parameters(function: Callable[..., Any]) -> list[str]:
     return [name for name, p in inspect.signature(function).parameters.items() if p.kind is p.KEYWORD_ONLY]
-
-
-def check_choice(name: str, value: str | None) -> None:
-    """A choice the command's parser would refuse (None: not given), in the config's words."""
-    from resnet.config import CHOICES, flag
-
-    if value is not None and value not in CHOICES[name]:
-        raise ResnetError(f"{flag(name)} must be one of {', '.join(CHOICES[name])}, got {value!r}")
 
 
 def check_path(function: str, name: str, value: Any, allow_none: bool = False) -> None:
@@ -207,13 +197,3 @@ def image_paths(images: Any) -> list[PathLike]:
 def brief(value: Any) -> str:
     """A value as one short line (an array's repr runs over many)."""
     return " ".join(reprlib.repr(value).split())
-
-
-def check_count(name: str, value: int | None, least: int, allow_none: bool = False) -> None:
-    from resnet.config import flag
-
-    if value is None and allow_none:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < least:
-        kind = "a positive integer" if least == 1 else "a non-negative integer"
-        raise ResnetError(f"{flag(name)} must be {kind}, got {value!r}")

@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from resnet.config import CHOICES, flag
 from resnet.errors import ResnetError
@@ -21,6 +21,9 @@ STEM_HELP = ("imagenet (7x7 stride 2, max-pool; the default) | small (3x3 stride
              "small-pool (3x3 stride 1, then the max-pool: a quarter of small's cost)")
 
 
+# The types of the options that no options object checks (summary, list, bench, serve, check).
+# eval, calibrate and predict check theirs in resnet.tools.options, train and lr-find in
+# resnet.config.validate (and lrfind.check_range): their types here only convert.
 def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -142,7 +145,7 @@ def add_lr_find_parser(subparsers: argparse._SubParsersAction) -> None:
                     "loss against the lr, the suggestion marked) and DIR/lr_find.csv, and prints the suggested "
                     "lr (fastai's valley rule); the model is thrown away. resnet train --lr auto runs it first.")
     p.add_argument("--out", dest="find_out", required=True, metavar="DIR", help="where lr_find.png and lr_find.csv go")
-    p.add_argument("--steps", type=positive_int, default=STEPS,
+    p.add_argument("--steps", type=int, default=STEPS,
                    help=f"steps of the test, over as many epochs as they take (default {STEPS})")
     p.add_argument("--start-lr", type=float, default=START_LR, metavar="LR",
                    help=f"the first lr (default {START_LR:g})")
@@ -164,6 +167,33 @@ def run_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir and --split of the commands that score a checkpoint on a dataset,
+    the checkpoint's own by default (eval, calibrate)."""
+    p.add_argument("--dataset", choices=CHOICES["dataset"], default=None, help="default: the checkpoint's dataset")
+    p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
+    p.add_argument("--split", choices=CHOICES["split"], default=None,
+                   help="flowers102 split scheme; default: the checkpoint's")
+
+
+def add_run_options(p: argparse.ArgumentParser, batch_size: int, workers: bool = True) -> None:
+    """--batch-size, --workers (for the commands that decode a dataset) and --device of the
+    commands that run a checkpoint (eval, calibrate, predict); their values are checked with
+    the command's options (resnet.tools.options), so the types here only convert."""
+    p.add_argument("--batch-size", type=int, default=batch_size)
+    if workers:
+        p.add_argument("--workers", type=int, default=None,
+                       help="image decoding processes (default: one per CPU this process may use)")
+    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+
+
+def options_from(args: argparse.Namespace, kind: type) -> Any:
+    """The options object ``kind`` (a dataclass) of a command, from its parsed arguments."""
+    from dataclasses import fields
+
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)})
+
+
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "eval", help="score a checkpoint: loss, top-1/5, macro-F1, balanced accuracy, per-class scores, confusion",
@@ -172,25 +202,18 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
                     "reliability.png (calibration: accuracy against confidence) and coverage.png "
                     "(accuracy against the share of images answered, as --min-confidence rises).")
     p.add_argument("checkpoint", metavar="RUN_DIR_OR_CHECKPOINT")
-    p.add_argument("--dataset", choices=CHOICES["dataset"], default=None,
-                   help="default: the checkpoint's dataset")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
-    p.add_argument("--split", choices=CHOICES["split"], default=None,
-                   help="flowers102 split scheme; default: the checkpoint's")
+    add_data_options(p)
     p.add_argument("--subset", choices=("eval", "test", "train", "all"), default="eval",
                    help="which images of the split to score (default eval: the run's validation images; "
                         "all: every image, e.g. a separate test folder)")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="where the PNG and CSV go (default: the checkpoint's folder)")
-    p.add_argument("--image-size", type=positive_int, default=None, metavar="PX",
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
                    help="evaluation resize (default: the run's)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average each image's logits with its mirror image's (default: as the run did)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=nonnegative_int, default=None,
-                   help="image decoding processes (default: one per CPU this process may use)")
-    p.add_argument("--device", choices=CHOICES["device"], default="auto")
-    p.add_argument("--mistakes", type=nonnegative_int, default=16, metavar="N",
+    add_run_options(p, batch_size=64)
+    p.add_argument("--mistakes", type=int, default=16, metavar="N",
                    help="show the N most confident mistakes in mistakes.png (default 16; 0: no PNG)")
     p.add_argument("--min-confidence", type=float, default=None, metavar="P",
                    help="also report the coverage (the share of images whose top probability is at least P) "
@@ -203,10 +226,9 @@ def run_eval(args: argparse.Namespace) -> int:
     import json
 
     from resnet.tools.evaluation import evaluate_checkpoint, format_eval
+    from resnet.tools.options import EvalOptions
 
-    result = evaluate_checkpoint(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.out,
-                                 args.device, args.batch_size, args.workers, args.image_size, args.tta,
-                                 args.mistakes, args.min_confidence)
+    result = evaluate_checkpoint(args.checkpoint, options_from(args, EvalOptions))
     print(json.dumps(result) if args.json else format_eval(result))
     return 0
 
@@ -223,14 +245,8 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", choices=("eval", "val", "train", "test", "all"), default="eval",
                    help="the images to fit on: eval (or val), the run's held-out validation images; "
                         "test, train and all are refused")
-    p.add_argument("--dataset", choices=CHOICES["dataset"], default=None, help="default: the checkpoint's dataset")
-    p.add_argument("--data-dir", default=None, metavar="DIR", help="default: the checkpoint's data folder")
-    p.add_argument("--split", choices=CHOICES["split"], default=None,
-                   help="flowers102 split scheme; default: the checkpoint's")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=nonnegative_int, default=None,
-                   help="image decoding processes (default: one per CPU this process may use)")
-    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    add_data_options(p)
+    add_run_options(p, batch_size=64)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=run_calibrate)
 
@@ -239,9 +255,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     import json
 
     from resnet.tools.calibrate import calibrate_run, format_calibration
+    from resnet.tools.options import DataOptions
 
-    result = calibrate_run(args.checkpoint, args.dataset, args.data_dir, args.split, args.subset, args.device,
-                           args.batch_size, args.workers)
+    result = calibrate_run(args.checkpoint, options_from(args, DataOptions))
     print(json.dumps(result) if args.json else format_calibration(result))
     return 0
 
@@ -253,12 +269,11 @@ def add_predict_parser(subparsers: argparse._SubParsersAction) -> None:
                     "file is reported on stderr, the others are still predicted, and the exit status is 1.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint file or a run directory")
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    p.add_argument("--top-k", type=positive_int, default=5)
+    p.add_argument("--top-k", type=int, default=5)
     output = p.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON object")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,class,probability")
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--device", choices=CHOICES["device"], default="auto")
+    add_run_options(p, batch_size=32, workers=False)
     p.add_argument("--min-confidence", type=float, default=None, metavar="P",
                    help="answer unknown for an image whose top probability is below P (the top classes are "
                         "still shown); resnet eval --min-confidence P says how many that leaves unknown")
@@ -269,11 +284,11 @@ def run_predict(args: argparse.Namespace) -> int:
     import csv
     import json
 
+    from resnet.tools.options import PredictOptions
     from resnet.tools.prediction import ANSWER_COLUMNS, CSV_COLUMNS, csv_rows, format_text, predict_checkpoint, \
         prediction_report
 
-    checkpoint, predictions = predict_checkpoint(args.checkpoint, args.inputs, args.top_k, args.batch_size,
-                                                 args.device, args.min_confidence)
+    checkpoint, predictions = predict_checkpoint(args.checkpoint, args.inputs, options_from(args, PredictOptions))
     columns = CSV_COLUMNS + (ANSWER_COLUMNS if args.min_confidence is not None else ())
     writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n") if args.csv else None
     if writer:

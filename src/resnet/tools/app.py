@@ -41,6 +41,7 @@ from resnet.words import plural
 from resnet.data.sources import ImageFiles
 from resnet.tools.evaluation import eval_source, load_model_from_checkpoint
 from resnet.tools.explain import explain_image
+from resnet.tools.options import PredictOptions
 from resnet.tools.prediction import below, predict_files
 
 TOP_CLASS = "(top class)"
@@ -230,7 +231,7 @@ def classify(model: Any, checkpoint: dict[str, Any], paths: list[str], cam_class
                 e = explain_image(model, checkpoint, path, cam_class)
                 result = Classified(name, e.top, e.target, e.probability, e.overlay)
             else:
-                prediction = next(predict_files(model, checkpoint, [path], top_k=5, device="cpu"))
+                prediction = next(predict_files(model, checkpoint, [path], PredictOptions(top_k=5), device="cpu"))
                 result = Classified(name, prediction.top, error=prediction.error)
         except Exception as error:  # a bad upload must never take the server down
             text = str(error).strip()

@@ -28,6 +28,7 @@ from resnet.config import TrainConfig, read_config_values
 from resnet.engine.checkpoint import load_checkpoint
 from resnet.engine.rundir import claim_existing
 from resnet.tools.evaluation import eval_source, evaluate, load_model_from_checkpoint
+from resnet.tools.options import DataOptions
 from resnet.util.files import save_atomic, write_text_atomic
 from resnet.util.hardware import select_device
 
@@ -131,15 +132,15 @@ def store_in_config(run_dir: Path, temperature: float) -> Path | None:
     return path
 
 
-def calibrate_run(run: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
-                  split: str | None = None, subset: str = "eval", device: str = "cpu", batch_size: int = 64,
-                  workers: int | None = None, bins: int = ECE_BINS) -> dict[str, Any]:
+def calibrate_run(run: str | os.PathLike, options: DataOptions = DataOptions(), bins: int = ECE_BINS
+                  ) -> dict[str, Any]:
     """``resnet calibrate``: fit each checkpoint's temperature on held-out images (the run's
-    evaluation split unless told otherwise) and store it. A run directory's best.pt and last.pt
-    are fitted each on its own weights (once when they hold the same), and config.json gets
+    evaluation split unless ``options`` say otherwise) and store it. A run directory's best.pt and
+    last.pt are fitted each on its own weights (once when they hold the same), and config.json gets
     best.pt's, which ``resnet eval`` and ``resnet predict`` of the directory use."""
 
-    subset = held_out_subset(subset)
+    options.validate()
+    subset = held_out_subset(options.subset)
     run = Path(run)
     files = run_checkpoints(run)
     fitted: list[tuple[nn.Module, dict[str, Any]]] = []
@@ -148,14 +149,15 @@ def calibrate_run(run: str | os.PathLike, dataset: str | None = None, data_dir: 
         for file in files:
             model, checkpoint = load_model_from_checkpoint(file)
             if source is None:
-                source, _, _, where = eval_source(checkpoint, dataset, data_dir, split, subset)
+                source, _, _, where = eval_source(checkpoint, options.dataset, options.data_dir, options.split,
+                                                  subset)
                 refuse_the_test_split(where)
             fit = next((fit for other, fit in fitted if same_weights(model, other)), None)
             if fit is None:
                 strict = TrainConfig.from_dict(checkpoint.get("config") or {}).strict
                 # Fitted on the raw logits, whatever temperature the checkpoint had before.
-                scored = evaluate(model, {**checkpoint, "temperature": 1.0}, source, select_device(device),
-                                  batch_size, workers, strict)
+                scored = evaluate(model, {**checkpoint, "temperature": 1.0}, source,
+                                  select_device(options.device), options.batch_size, options.workers, strict)
                 fit = {**fit_checkpoint(scored["logits"], scored["labels"], bins), **where}
                 fitted.append((model, fit))
             store_temperature(file, fit["temperature"], fit)

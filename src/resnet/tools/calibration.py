@@ -59,12 +59,6 @@ def temperature_of(checkpoint: dict[str, Any], where: str = "the checkpoint") ->
     return float(value)
 
 
-def check_min_confidence(value: float | None) -> None:
-    """--min-confidence is a probability (None: not given)."""
-    if value is not None and not 0 <= value <= 1:
-        raise ResnetError(f"--min-confidence must be a probability in [0, 1], got {value:g}")
-
-
 # --- measuring calibration -------------------------------------------------------------------
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from resnet.data.augment import IMAGENET_MEAN, IMAGENET_STD, Normalize
 from resnet.tools.calibration import temperature_of
 from resnet.engine.checkpoint import check_model_entries, load_checkpoint
-from resnet.config import MAX_IMAGE_SIZE, TrainConfig
+from resnet.config import TrainConfig
 from resnet.data.cache import decode, readable_parts
 from resnet.data.datasets import DATASETS, load_splits
 from resnet.data.sources import ImageArrays, ImageFiles, Source, printable
@@ -38,8 +38,9 @@ from resnet.engine.scoring import (
     confusion_matrix,
     class_scores,
 )
-from resnet.tools.calibration import check_min_confidence, confidence_views, format_confidence
+from resnet.tools.calibration import confidence_views, format_confidence
 from resnet.tools.mistakes import format_pairs, most_confused, plot_mistakes, worst_mistakes, write_most_confused_csv
+from resnet.tools.options import EvalOptions
 
 SUBSETS = ("eval", "test", "train", "all")
 
@@ -237,31 +238,27 @@ def write_per_class_csv(rows: list[dict[str, Any]], path: Path) -> None:
     path.write_text(buffer.getvalue())
 
 
-def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, data_dir: str | None = None,
-                        split: str | None = None, subset: str = "eval", out: str | os.PathLike | None = None,
-                        device: str = "cpu", batch_size: int = 64, workers: int | None = None,
-                        image_size: int | None = None, tta: bool | None = None, mistakes: int = 16,
-                        min_confidence: float | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(path: str | os.PathLike, options: EvalOptions = EvalOptions()) -> dict[str, Any]:
     """``resnet eval``: score a checkpoint, write the confusion-matrix PNG, per-class CSV,
-    most-confused pairs CSV, the PNG of the ``mistakes`` most confident mistakes, and the
+    most-confused pairs CSV, the PNG of the ``options.mistakes`` most confident mistakes, and the
     reliability diagram and risk-coverage curve of its (calibrated) probabilities.
 
-    ``image_size`` and ``tta`` override the run's evaluation size and flip TTA; with
-    ``min_confidence``, the coverage and accuracy of answering only at that confidence or above.
+    ``options.image_size`` and ``options.tta`` override the run's evaluation size and flip TTA; with
+    ``options.min_confidence``, the coverage and accuracy of answering only at that confidence or above.
     """
     from resnet.util.plots import plot_confusion
 
-    if image_size is not None and not 32 <= image_size <= MAX_IMAGE_SIZE:
-        raise ResnetError(f"--image-size must be between 32 and {MAX_IMAGE_SIZE}, got {image_size}")
-    check_min_confidence(min_confidence)
-    model, checkpoint = load_model_from_checkpoint(path, tta)
-    if image_size is not None:
-        checkpoint["normalization"]["image_size"] = image_size
-    source, _, subset_name, where = eval_source(checkpoint, dataset, data_dir, split, subset)
+    options.validate()  # before a checkpoint is read
+    model, checkpoint = load_model_from_checkpoint(path, options.tta)
+    if options.image_size is not None:
+        checkpoint["normalization"]["image_size"] = options.image_size
+    source, _, subset_name, where = eval_source(checkpoint, options.dataset, options.data_dir, options.split,
+                                                options.subset)
     strict = TrainConfig.from_dict(checkpoint.get("config") or {}).strict
-    result = evaluate(model, checkpoint, source, select_device(device), batch_size, workers, strict)
+    result = evaluate(model, checkpoint, source, select_device(options.device), options.batch_size, options.workers,
+                      strict)
     source = result["source"]
-    out_dir = Path(out) if out is not None else Path(checkpoint["path"]).parent
+    out_dir = Path(options.out) if options.out is not None else Path(checkpoint["path"]).parent
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -272,9 +269,9 @@ def evaluate_checkpoint(path: str | os.PathLike, dataset: str | None = None, dat
     plot_confusion(result["confusion"], [printable(name) for name in checkpoint["classes"]], png,
                    f"{checkpoint['arch']} on {where['dataset']} ({subset_name}): top-1 {100 * result['top1']:.1f}%")
     write_per_class_csv(result["per_class"], table)
-    failures = write_failure_views(result, checkpoint["classes"], source, out_dir, mistakes)
+    failures = write_failure_views(result, checkpoint["classes"], source, out_dir, options.mistakes)
     confidence = confidence_views(result["logits"], result["labels"], out_dir, f"{where['dataset']} ({subset_name})",
-                                  checkpoint["temperature"], min_confidence)
+                                  checkpoint["temperature"], options.min_confidence)
     return {"checkpoint": checkpoint["path"], "arch": checkpoint["arch"], "weights": checkpoint["weights_used"],
             **where, "subset": subset_name, "images": result["images"], "classes": len(checkpoint["classes"]),
             "image_size": checkpoint["normalization"]["image_size"], "tta": checkpoint["tta"],

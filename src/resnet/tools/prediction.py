@@ -20,8 +20,8 @@ from torch import nn
 from resnet.data.sources import IMAGE_EXTENSIONS, _ResizeToTensor, image_files_under, open_rgb
 from resnet.errors import ResnetError
 from resnet.data.augment import Normalize
-from resnet.tools.calibration import check_min_confidence
 from resnet.tools.evaluation import load_model_from_checkpoint
+from resnet.tools.options import PredictOptions
 from resnet.util.hardware import select_device
 
 
@@ -61,17 +61,19 @@ def load_image(path: str | os.PathLike, size: int) -> torch.Tensor:
     return _ResizeToTensor(size)(open_rgb(path))
 
 
-def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence[str | os.PathLike], top_k: int = 5,
-                  batch_size: int = 32, device: torch.device | str = "cpu",
-                  min_confidence: float | None = None) -> Iterator[Prediction]:
-    """Predictions in input order, ``batch_size`` images in memory at a time, with the
-    checkpoint's temperature; with ``min_confidence``, each says whether it is ``unknown``."""
+def predict_files(model: nn.Module, checkpoint: dict[str, Any], inputs: Sequence[str | os.PathLike],
+                  options: PredictOptions = PredictOptions(), device: torch.device | str = "cpu"
+                  ) -> Iterator[Prediction]:
+    """Predictions in input order, ``options.batch_size`` images in memory at a time, with the
+    checkpoint's temperature, on ``device`` (``options.device`` is the name the command resolves
+    to it); with ``options.min_confidence``, each says whether it is ``unknown``."""
 
-    check_min_confidence(min_confidence)
+    options.validate()
+    batch_size, min_confidence = options.batch_size, options.min_confidence
     device = torch.device(device)
     norm = checkpoint["normalization"]
     classes, temperature = checkpoint["classes"], checkpoint.get("temperature", 1.0)
-    k = max(1, min(top_k, len(classes)))
+    k = max(1, min(options.top_k, len(classes)))
     normalize = Normalize(tuple(norm["mean"]), tuple(norm["std"])).to(device)
     model.eval().to(device)
     files = image_files(inputs)
@@ -145,16 +147,15 @@ def as_json(prediction: Prediction) -> dict[str, Any]:
             "top": [{"class": name, "probability": p} for name, p in prediction.top]}
 
 
-def predict_checkpoint(path: str | os.PathLike, inputs: Sequence[str | os.PathLike], top_k: int = 5,
-                       batch_size: int = 32, device: str = "auto", min_confidence: float | None = None
-                       ) -> tuple[dict[str, Any], Iterator[Prediction]]:
+def predict_checkpoint(path: str | os.PathLike, inputs: Sequence[str | os.PathLike],
+                       options: PredictOptions = PredictOptions()) -> tuple[dict[str, Any], Iterator[Prediction]]:
     """``resnet predict`` and ``resnet.predict``: the checkpoint (or a run directory's best.pt)
     and its predictions of ``inputs``, made as they are needed."""
 
-    check_min_confidence(min_confidence)  # before a checkpoint is read
+    options.validate()  # before a checkpoint is read
     model, checkpoint = load_model_from_checkpoint(path)
-    device = select_device(device)
-    return checkpoint, predict_files(model, checkpoint, inputs, top_k, batch_size, device, min_confidence)
+    device = select_device(options.device)
+    return checkpoint, predict_files(model, checkpoint, inputs, options, device)
 
 
 def prediction_report(checkpoint: dict[str, Any], predictions: Iterable[Prediction],
