@@ -480,8 +480,10 @@ def run_check(args: argparse.Namespace) -> int:
     from resnet.tools.check import CheckOptions, check_dataset, exit_status, format_report
     from resnet.util.signals import Stopped, StopSignals
 
-    options = CheckOptions(args.dataset, args.data_dir, args.labels, args.val_fraction, args.seed, args.image_size,
-                           args.phash_distance, args.both_distance, args.workers, not args.quiet, args.out)
+    options = CheckOptions(dataset=args.dataset, data_dir=args.data_dir, labels=args.labels,
+                           val_fraction=args.val_fraction, seed=args.seed, image_size=args.image_size,
+                           phash_max=args.phash_distance, both_max=args.both_distance, workers=args.workers,
+                           progress=not args.quiet, out=args.out)
     try:
         with StopSignals():
             report = check_dataset(options)

@@ -147,8 +147,7 @@ def decode(source: Source, size: int, workers: int | None = None, use_disk_cache
         return DecodedImages(torch.from_numpy(images), labels, ok=torch.from_numpy(ok))
     store = Store.for_files(source.paths, size, draft)
     if share is not None and share.ranks > 1:
-        rows, ok, used = store.rows_shared(source.paths, share.rank, share.ranks, share.barrier,
-                                           max(1, workers // share.ranks), check_stop, progress)
+        rows, ok, used = store.rows_shared(source.paths, share, max(1, workers // share.ranks), check_stop, progress)
     else:
         rows, ok, used = store.rows_of(source.paths, workers, check_stop, progress)
     return DecodedImages(store.images(used), labels, torch.from_numpy(rows), torch.from_numpy(ok))
@@ -375,11 +374,12 @@ class Store:
               f"({byte_size(images * self.row_bytes)})" if self.size else
               f"{progress}: checking {count} once (remembered in {self.folder})", file=sys.stderr, flush=True)
 
-    def rows_shared(self, paths: Sequence[Path], rank: int, ranks: int, barrier: Callable[[], None], workers: int,
-                    check_stop: Callable[[], None] | None, progress: str | None) -> tuple[np.ndarray, np.ndarray, int]:
-        """``rows_of`` for the ``ranks`` processes of one machine (torchrun's local ranks), each
+    def rows_shared(self, paths: Sequence[Path], share: Share, workers: int, check_stop: Callable[[], None] | None,
+                    progress: str | None) -> tuple[np.ndarray, np.ndarray, int]:
+        """``rows_of`` for the ``share.ranks`` processes of one machine (torchrun's local ranks), each
         decoding an equal share of what is missing. Rank 0 holds the lock and writes the index;
         every process calls this, and passes the same barriers."""
+        rank, ranks, barrier = share.rank, share.ranks, share.barrier
         stats, lock = [file_identity(p) for p in paths], None
         if rank == 0:
             self.prepare()

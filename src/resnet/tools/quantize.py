@@ -324,8 +324,8 @@ def run_int8_export(args: argparse.Namespace) -> int:
         raise ResnetError(f"--int8 quantizes an ONNX model; it cannot be combined with --format {args.format}")
     min_agreement = DEFAULT_MIN_AGREEMENT if args.min_agreement is None else args.min_agreement
     calibration_images = DEFAULT_CALIBRATION_IMAGES if args.calibration_images is None else args.calibration_images
-    result = export_int8(args.checkpoint, args.out, args.tolerance, calibration_images, args.max_eval_images,
-                         min_agreement, args.data_dir)
+    result = export_int8(args.checkpoint, args.out, args.tolerance, calibration_images=calibration_images,
+                         max_eval_images=args.max_eval_images, min_agreement=min_agreement, data_dir=args.data_dir)
     print(format_int8(result))
     if not result["passed"]:
         print(f"resnet export: error: the int8 model agrees with the float one on {100 * result['agreement']:.2f}% "
