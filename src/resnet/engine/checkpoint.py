@@ -128,7 +128,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # foreign bytes make torch's reader fail in many ways (IndexError, KeyError, ...)
         # Only torch's own errors describe the file; the others' text is an internal detail ("101").
-        why = reason(error) if isinstance(error, FILE_ERRORS) else type(error).__name__
+        why = first_line_or_type(error) if isinstance(error, FILE_ERRORS) else type(error).__name__
         raise ResnetError(f"{path} is not a readable checkpoint: it is truncated, corrupt or not a PyTorch file "
                           f"({why})") from None
     if not isinstance(obj, dict):
@@ -140,8 +140,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 FILE_ERRORS = (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, OSError)
 
 
-def reason(error: BaseException) -> str:
-    """The first line of an error when it is short enough to read whole, else its type."""
+def first_line_or_type(error: BaseException) -> str:
+    """The first line of an error when it is short enough to read whole, else its type: torch's
+    message about a file it cannot load (check.py's ``strerror_or_text`` is for Pillow's and the
+    system's, whose text is the reason whole)."""
     lines = str(error).strip().splitlines()
     first = lines[0].strip() if lines else ""
     return first if first and len(first) <= 160 else type(error).__name__

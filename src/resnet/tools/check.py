@@ -226,7 +226,7 @@ def inspect_file(path: str) -> Facts:
         with open(path, "rb") as file:
             data = file.read()
     except (OSError, ResnetError) as error:
-        return Facts(reason(error))
+        return Facts(strerror_or_text(error))
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     buffer = io.BytesIO(data)
     try:
@@ -238,11 +238,13 @@ def inspect_file(path: str) -> Facts:
         phash, dhash = perceptual_hashes(rgb)
     except Exception as error:  # not an image, corrupt, truncated, a decompression bomb
         # Pillow names what it was given to read, here the buffer: the reader needs the file.
-        return Facts(reason(error).replace(repr(buffer), repr(path)))
+        return Facts(strerror_or_text(error).replace(repr(buffer), repr(path)))
     return Facts(None, digest, width, height, mode, odd, phash, dhash, *tone(rgb))
 
 
-def reason(error: BaseException) -> str:
+def strerror_or_text(error: BaseException) -> str:
+    """Why a file could not be read or written: the system's reason alone for an OSError (its
+    text also names the file, which the caller names), else the error's text, else its type."""
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__
@@ -382,7 +384,7 @@ def read_facts(paths: Sequence[str], workers: int, progress: bool) -> tuple[list
             store.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(store, lambda file: file.write(json.dumps(known).encode()))
         except Exception as error:  # the report does not need it; the next check reads the files again
-            warnings.warn(f"could not keep what was read in {store}: {reason(error)}", stacklevel=2)
+            warnings.warn(f"could not keep what was read in {store}: {strerror_or_text(error)}", stacklevel=2)
     return facts, len(paths) - len(missing)
 
 
@@ -724,7 +726,7 @@ def write_page(report: dict[str, Any], out: Path) -> Path:
         (out / "thumbs").mkdir(parents=True, exist_ok=True)
         (out / "report.json").write_text(json.dumps(report, indent=1))
     except OSError as error:
-        raise ResnetError(f"--out {out}: {reason(error)}") from None
+        raise ResnetError(f"--out {out}: {strerror_or_text(error)}") from None
     leaking = defaultdict(list)
     for leak in report["leaks"]:
         leaking[leak["group"]].append(leak["kind"])
