@@ -27,8 +27,9 @@ from resnet.config import resolve_config
 from resnet.errors import ResnetError
 from resnet.engine.step import TrainStep
 
+# resnet10: half resnet18's steps and checkpoint bytes (the full-disk test sizes its disk for resnet18's).
 TINY = ["--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet",
-        "--arch", "resnet18", "--lr", "0.05"]
+        "--arch", "resnet10", "--lr", "0.05"]
 
 
 @pytest.fixture
@@ -76,12 +77,17 @@ def claim_and_hold(out: str, start: float, results) -> None:
 
 def test_processes_racing_for_one_out_dir_get_it_once(tmp_path):
     context = multiprocessing.get_context("fork")
+    # 15 races of 4 processes for one directory each, all run at once (one start time, a second
+    # away: every racer is forked by then) rather than one after another.
+    start, races = time.time() + 1.0, []
     for attempt in range(15):
         out, results = str(tmp_path / f"run{attempt}"), context.Queue()
-        start = time.time() + 0.3
-        racers = [context.Process(target=claim_and_hold, args=(out, start, results)) for _ in range(4)]
+        races.append((out, results, [context.Process(target=claim_and_hold, args=(out, start, results))
+                                     for _ in range(4)]))
+    for _, _, racers in races:
         for racer in racers:
             racer.start()
+    for out, results, racers in races:
         outcomes = [results.get(timeout=30) for _ in racers]
         for racer in racers:
             racer.join()
@@ -156,7 +162,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(folder, tmp_pat
     if mounted.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        assert main(train_args(folder, disk / "run", "--epochs", "1")) == 2
+        assert main(train_args(folder, disk / "run", "--epochs", "1", "--arch", "resnet18")) == 2
         err = one_line_error(capsys)
         assert f"no space left on the device to write {disk / 'run' / 'last.pt'} (it needs " in err
         assert "MB free)" in err
