@@ -183,8 +183,9 @@ class TrainConfig:
         return epoch + 1 == self.epochs or (every > 0 and (epoch + 1) % every == 0)
 
     def resolved_eval_every(self) -> int:
-        # An evaluation at 10/7 of the size with flip TTA took 11-12 s on two CPU cores, a
-        # fifth to a half of a training epoch: after every epoch it was 18% of a short run.
+        # An evaluation (at a larger size than training, with flip TTA) costs a good part of a
+        # training epoch: after every epoch it would take much of a short run (the figures:
+        # docs/recipes.md, "Measurements behind the defaults").
         return self.eval_every if self.eval_every is not None else max(1, round(self.epochs / 10))
 
     def to_json(self) -> str:
@@ -217,12 +218,13 @@ TUTORIAL_RECIPE: dict[str, Any] = dict(
     zero_init_residual=False, seed=0,
 )
 
-# The default recipe, shorter (for time to accuracy on a CPU), with twice the peak lr
-# (36 epochs at lr 0.1 reached 81.47% where lr 0.05 reached 77.75%; 0.2 did no better than 0.1)
-# and one evaluation, after the last epoch: eight evaluations cost two epochs' time. Its crops
-# are multiples of 32 (64 then 96 px for 112): an 80 px crop gives layer4 the 3x3 map that 96 px
-# does, and trained at 88% of 96 px's cost on this CPU: 36 epochs fit where 34 did (80.88% in
-# 25m25s, evaluated at 144 px). Flowers-102, resnet18, 112 px: benchmarks/results/time-to-accuracy.md.
+# The default recipe, shorter (for time to accuracy on a CPU), with twice the peak lr (in
+# these few epochs it reached more than the default's lr, and a higher one did no better) and
+# one evaluation, after the last epoch: the evaluations along the way cost epochs' time. Its
+# crops are multiples of 32 (64 then 96 px for 112): an 80 px crop gives layer4 the 3x3 map that
+# 96 px does at nearly 96 px's cost on a CPU, so leaving it out leaves time for more epochs.
+# Flowers-102, resnet18, 112 px: benchmarks/results/time-to-accuracy.md; the figures:
+# docs/recipes.md, "Measurements behind the defaults".
 FAST_RECIPE: dict[str, Any] = dict(epochs=36, lr=0.1, eval_every=0, progressive_step=32, progressive_until=0.88)
 
 RECIPES: dict[str, dict[str, Any]] = {"default": {}, "fast": FAST_RECIPE, "tutorial": TUTORIAL_RECIPE}
@@ -237,8 +239,8 @@ def smallest_crop(image_size: int) -> int:
 
 
 # What suits each dataset under the default recipe. The built-in petals are 64 px
-# and small: a short run at their own size trains in minutes on a laptop CPU (without
-# flip TTA, which would spend some of those minutes evaluating twice).
+# and small: a short run at their own size is quick on a CPU (without flip TTA, which
+# would evaluate every image twice).
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "petals": dict(image_size=56, eval_image_size=64, epochs=9, batch_size=32, lr=0.05, min_image_size=None,
                    rotation=30.0, min_scale=0.6, color_jitter=0.1, tta=False),
@@ -257,9 +259,10 @@ SIZE_OPTIONS = ("image_size", "eval_image_size", "cache_size", "min_image_size",
 # The small-image recipe (benchmarks/results/cifar10.md): the images' own size, one size
 # throughout, pad-and-crop by an eighth of the side (CIFAR's 4 px at 32) and flips, no rotation
 # or colour jitter, SGD at the usual CIFAR rate for batch 128. With a GPU: resnet18 and the
-# small stem (He et al.'s layout, layer1 at full size) for 30 epochs. On a CPU that step is
-# 23 images/s on two cores at 32 px (16 hours for those epochs), so the CPU's recipe takes
-# resnet10 and the small-pool stem (layer1 at half size), ~6x cheaper, for a few epochs.
+# small stem (He et al.'s layout, layer1 at full size) for 30 epochs. On a CPU that step is far
+# too slow for those epochs, so the CPU's recipe takes resnet10 and the small-pool stem (layer1
+# at half size), several times cheaper, for a few epochs (the figures: docs/recipes.md,
+# "Measurements behind the defaults").
 SMALL_IMAGE_RECIPE: dict[str, Any] = dict(arch="resnet18", stem="small", min_image_size=None, rotation=0.0,
                                           color_jitter=0.0, batch_size=128, lr=0.1, epochs=30)
 SMALL_IMAGE_CPU_RECIPE: dict[str, Any] = {**SMALL_IMAGE_RECIPE, "arch": "resnet10", "stem": "small-pool",

@@ -78,7 +78,7 @@ class Bottleneck(nn.Module):
         super().__init__()
         # The original paper (v1) strides the first 1x1 conv. torchvision and NVIDIA's
         # "v1.5" stride the 3x3 instead: a 1x1 with stride 2 throws away 3/4 of its
-        # input, while a 3x3 still sees every pixel. v1.5 is ~0.5% better top-1 on
+        # input, while a 3x3 still sees every pixel. v1.5 is a little more accurate on
         # ImageNet at slightly more compute. The parameters are the same either way.
         stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
         out_channels = channels * self.expansion

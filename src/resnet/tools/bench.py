@@ -92,8 +92,8 @@ def generate_jpegs(count: int, size: int, workers: int = 2) -> Path:
         drawing = petals.draw_flower(rng, label, 128).transpose(1, 2, 0)
         shape = (long_side, size) if index % 2 == 0 else (size, long_side)
         pixels = np.asarray(Image.fromarray(drawing).resize(shape, Image.BICUBIC), dtype=np.int16)
-        # Fine noise gives the files the detail (and the decode cost) of photographs:
-        # ~45 kB at 500 x 667, as the original Flowers-102 JPEGs.
+        # Fine noise gives the files the detail (and so the size and the decode cost) of
+        # photographs, as the original Flowers-102 JPEGs (docs/recipes.md, "Measurements behind the defaults").
         pixels = pixels + rng.integers(-3, 4, pixels.shape, dtype=np.int16)
         folder = root / petals.CLASSES[label]
         folder.mkdir(parents=True, exist_ok=True)

@@ -16,9 +16,10 @@ pHash finds the candidates (every pair is compared, in blocks, in parallel) and 
 confirms them. Both hashes see only the grayscale image's shapes, with its brightness and
 contrast normalised away, so a pair in which either image has little detail must also
 agree in colour (``colour_agrees``). Why hashes and not the model's embeddings: they need no
-trained model and no GPU, take ~0.3 ms an image, and mean the same for every dataset; an
+trained model and no GPU, are cheap to compute, and mean the same for every dataset; an
 embedding would also match two different photos of one flower, which is what a classifier
-should do and not a duplicate. The measurements behind the limits are in ``NEAR_RULE``.
+should do and not a duplicate. The rule is ``NEAR_RULE``; the measurements behind its limits
+are in docs/recipes.md, "Measurements behind the defaults".
 
 What each file yields is kept in the cache folder (``read_facts``), so that checking a folder
 again reads only the files that are new or changed.
@@ -68,25 +69,19 @@ from resnet.util.files import write_atomic
 from resnet.util.progress import progress_bar
 
 # Hamming limits of a near pair (64-bit hashes): pHash within PHASH_MAX bits, or both hashes
-# within BOTH_MAX. Measured on planted copies of 1,000 images each of CIFAR-10 (32 px) and
-# Flowers-102 (128 px): see NEAR_RULE.
+# within BOTH_MAX. Chosen on planted copies of CIFAR-10 and Flowers-102 images, as the limits
+# that find resized, re-compressed and slightly cropped copies without matching different
+# photos (docs/recipes.md, "Measurements behind the defaults").
 PHASH_MAX = 6
 BOTH_MAX = 10
 NEAR_RULE = (
     "pHash within 6 bits (of 64) catches resizing and re-compression; within 10 bits, with dHash "
     "within 10 too, it also catches most slight crops, where pHash alone within 10 would match many "
-    "different photos. Planted copies found (CIFAR-10 32 px / Flowers-102 128 px, 1,000 each): resized "
-    "to 75% + JPEG q75 100% / 100%, to 50% + q60 99% / 100%, 2% cropped off each side 96% / 99%, 4% off "
-    "each side - / 75%, 5% cut off one side 59% / 82%. Among 10,000 CIFAR-10 and all 8,189 Flowers-102 "
-    "images, 35 and 37 pairs matched, nearly all of them one photo in the set twice (those within 6 bits "
-    "all were, on inspection). Mirror images and heavy crops are not matched. A pair in which either "
-    "image has little detail (the standard deviation of its 32x32 grayscale under 20 of 255 levels) must "
-    "also agree in colour (4x4 colour thumbnails within 16 levels on average). Among CIFAR-10's 50,000 "
-    "training images the hashes matched 1,015 pairs, 37 of them with such an image: 34 of those were two "
-    "different photos (small objects against a plain sky), and the colour rule drops 33 of them and keeps "
-    "the 2 that were one photo; of the other pairs about 8% were two photos laid out alike and the "
-    "rest one photo, often re-coloured. Flowers-102's 33 pairs were all one photo. See "
-    "benchmarks/results/check-near-duplicates.md")
+    "different photos. Mirror images and heavy crops are not matched. A pair in which either image has "
+    "little detail (the standard deviation of its 32x32 grayscale under 20 of 255 levels) must also agree "
+    "in colour (4x4 colour thumbnails within 16 levels on average), since the hashes of plain images match "
+    "across different photos. How well the limits do: docs/recipes.md (Measurements behind the defaults) "
+    "and benchmarks/results/check-near-duplicates.md")
 # A flat or nearly flat image's hashes are set by the few pixels that differ (a plain image's
 # are all-equal bits, whatever its colour), so many different images share them: below this
 # detail a hash match must be confirmed by colour. Above it a match stands even when the
@@ -97,8 +92,8 @@ COLOUR_MAX = 16.0  # mean absolute difference of the 4x4 RGB thumbnails, of 255
 ASPECT_LIMIT = 3.0  # longer side over shorter: beyond 3:1 a square crop keeps a third of the image
 DRAFT_SIDE = 64  # JPEGs decode at a reduced scale, at least this size: the hashes see 32 px
 HASH_SIDE = 128  # larger images are shrunk once before the two hashes' own resizes
-BLOCK_CELLS = 1 << 20  # pairs compared at once: 8 MiB of XORs (64 MiB was slower)
-PARALLEL_PAIRS_FROM = 4000  # hashes; below this the pairs take under a second in one process
+BLOCK_CELLS = 1 << 20  # pairs compared at once, 8 MiB of XORs: larger blocks ran slower
+PARALLEL_PAIRS_FROM = 4000  # hashes; below this the pairs are quick in one process, not worth starting workers
 ALPHA_MODES = ("RGBA", "LA", "PA", "La", "RGBa")
 GRAY_MODES = ("1", "L", "LA", "La", *DEEP_GRAY_MODES)
 ODD_MODES = ("grayscale", "cmyk", "16-bit", "alpha", "palette", "other")
@@ -443,8 +438,8 @@ def close_pairs(hashes: np.ndarray, start: int, stop: int, first: int, last: int
 def near_pairs(phashes: np.ndarray, dhashes: np.ndarray, phash_max: int, both_max: int,
                workers: int) -> np.ndarray:
     """Every near pair (i, j, pHash distance), i < j. All pairs are compared, a block of rows
-    against the rest at a time, the blocks spread over ``workers`` processes: 1.25e9 pairs for
-    50,000 images took 3-4.5 s on one (busy) core, 100,000 images 16 s."""
+    against the rest at a time, the blocks spread over ``workers`` processes (how long that takes:
+    docs/recipes.md, "Measurements behind the defaults")."""
     n = len(phashes)
     step = max(1, BLOCK_CELLS // max(n, 1))
     blocks = [(start, min(n, start + step)) for start in range(0, n, step)]

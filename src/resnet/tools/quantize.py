@@ -125,8 +125,9 @@ def quantize_onnx(float_path: Path, out: Path, calibration: Iterable[np.ndarray]
         # per convolution is quantized, per output channel, instead of a convolution and a
         # BatchNorm each, and the ReLUs merge into the quantization of the convolutions' outputs.
         quant_pre_process(str(float_path), str(prepared))
-        # uint8 activations with int8 weights: on x86 without VNNI (AVX2, as here) onnxruntime's
-        # u8s8 kernels ran about twice as fast as float32 and as int8 activations at batch 1.
+        # uint8 activations with int8 weights: on x86 without VNNI (AVX2 only) onnxruntime's u8s8
+        # kernels ran faster than float32 and than int8 activations (docs/recipes.md, "Measurements
+        # behind the defaults").
         quantize_static(str(prepared), str(out), CalibrationImages(calibration, "input"),
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
