@@ -346,8 +346,10 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
 
     d = BenchOptions()
     p = subparsers.add_parser(
-        "bench", help="training throughput: the tutorial's pipeline against ours, model only, data only",
-        description="Measure end-to-end training images/s of the tutorial's pipeline and ours on the same "
+        "bench", help="training throughput: the original tutorial's pipeline (per-image PIL transforms) against "
+                      "ours, model only, data only",
+        description="Measure end-to-end training images/s of the original tutorial's pipeline (per-image PIL "
+                    "transforms in DataLoader workers) and ours on the same "
                     "JPEGs (alternating rounds, median), the model-only step for each precision and memory "
                     "format, and the data pipelines alone. Without --data-dir it generates JPEGs offline.")
     p.add_argument("--arch", choices=list_models(), default=d.arch)
@@ -359,18 +361,22 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rounds", type=positive_int, default=d.rounds,
                    help=f"alternating rounds per pipeline; the median is reported (default {d.rounds})")
     p.add_argument("--data-dir", metavar="DIR", help="a folder holding flowers-102/ (Flowers102 split 'test', the "
-                   "tutorial's training images) or an image folder (DIR/<class>/...); default: generated JPEGs")
+                   "images the original tutorial trains on) or an image folder (DIR/<class>/...); default: "
+                   "generated JPEGs")
     p.add_argument("--images", type=positive_int, default=d.images,
                    help=f"images generated, or the size of the fixed random subset of --data-dir (default {d.images})")
     p.add_argument("--generated-size", type=positive_int, default=d.generated_size, metavar="PX",
-                   help=f"shorter side of the generated JPEGs (default {d.generated_size}, the tutorial's originals)")
+                   help=f"shorter side of the generated JPEGs (default {d.generated_size}, as Flowers-102's "
+                        "original JPEGs)")
     p.add_argument("--workers", type=nonnegative_int, default=min(16, os.cpu_count() or 1),
-                   help="DataLoader workers of the tutorial's pipeline and of our decode (default: cpus, at most 16)")
+                   help="DataLoader workers of the per-image PIL pipeline and of our decode (default: cpus, at "
+                        "most 16)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"), default=d.device)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision,
-                   help="our pipeline's autocast precision (default auto); the tutorial's is fp32")
+                   help="our pipeline's autocast precision (default auto); the per-image PIL pipeline's is fp32")
     p.add_argument("--recipe", choices=("tutorial", "default"), default=d.recipe,
-                   help="our augmentation: tutorial (the tutorial's transforms, the default) or the default recipe's")
+                   help="our augmentation: tutorial (the original tutorial's transforms: rotation, random-resized "
+                        "crop, both flips; the default) or the default recipe's")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--compile", action="store_true",
                    help="also time the model-only step under torch.compile: compile seconds and images/s")
