@@ -103,6 +103,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, required=True,
                    help="CIFAR-10's training images as <class>/ folders, e.g. DATA/cifar-10/train")
     p.add_argument("--work", type=Path, default=Path("runs/cifar10"), help="the set, runs and cache")
+    p.add_argument("--results", type=Path, default=None,
+                   help="where results/cifar10-NAME goes (default: benchmarks/results, or under --work with --quick)")
     args = p.parse_args(argv)
     if not args.source.is_dir():
         p.error(f"--source {args.source}: not a folder (CIFAR-10's training images as <class>/ folders)")
@@ -115,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work.resolve() / ("quick" if args.quick else "full")
     build_set(work / "data", describe_set(args.source.resolve(), held_out, per_class, 0))
     start = time.perf_counter()
-    result = run(args.name, work / "data", work, shlex.split(args.args), args.warm, args.note,
-                 work / "results" if args.quick else RESULTS)
+    results = args.results or (work / "results" if args.quick else RESULTS)
+    result = run(args.name, work / "data", work, shlex.split(args.args), args.warm, args.note, results)
     print(json.dumps(result, indent=2))
     print(f"{time.perf_counter() - start:.0f} s in all")
     return 0 if result["exit_status"] == 0 else 1

@@ -160,7 +160,10 @@ def version(distribution: str) -> str | None:
 
 def machine() -> dict[str, Any]:
     repo = Path(__file__).resolve().parents[1]
-    commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    try:  # a copy of the tree without git (a GPU machine's) has no commit to name
+        commit = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    except OSError:
+        commit = ""
     from resnet.tools.bench import cpu_model
 
     return {"cpu": cpu_model(), "cpus_usable": len(os.sched_getaffinity(0)), "torch": version("torch"),

@@ -380,6 +380,9 @@ def add_bench_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--compile", action="store_true",
                    help="also time the model-only step under torch.compile: compile seconds and images/s")
+    p.add_argument("--cuda-graphs", choices=("auto", "on", "off"), default=d.cuda_graphs,
+                   help="on CUDA: also time the model-only step as a CUDA graph at each precision, and run our "
+                        "end-to-end steps as one (auto and on; default auto); off: eager only")
     p.add_argument("--note", default="", help="a remark stored with the results")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     p.add_argument("--out", metavar="FILE", help="also save the JSON to FILE")

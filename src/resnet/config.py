@@ -107,11 +107,14 @@ class TrainConfig:
     vflip: float = option(0.0, "probability of a vertical flip")
     color_jitter: float = option(0.2, "brightness, contrast and saturation jitter")
     # engine
-    precision: str = option("auto", "auto (bf16 or fp16 where supported, else fp32) | fp32 | bf16 | fp16")
+    precision: str = option("auto", "auto (fp16 with loss scaling on a CUDA GPU, bf16 on a CPU that computes it "
+                                    "natively, else fp32) | fp32 | bf16 | fp16")
     device: str = option("auto", "auto (cuda, then mps, then cpu) | cpu | cuda | mps")
     pipeline: str = option("fast", "fast (decoded cache + batched augmentation) | classic (the original "
                                     "tutorial's: per-image PIL transforms in DataLoader workers)")
     compile: bool = option(False, "torch.compile the model")
+    cuda_graphs: str = option("auto", "the training step as a CUDA graph, captured once and replayed: auto (on "
+                                      "with a CUDA GPU in one process without --compile, else off) | on | off")
     channels_last: bool = option(True, "channels-last memory format")
     workers: int | None = option(None, "decoding / classic DataLoader processes (default: one per CPU this "
                                        "process may use)")
@@ -351,6 +354,7 @@ CHOICES: dict[str, tuple[str, ...]] = dict(
     dataset=("petals", "flowers102", "imagefolder"), split=("tutorial", "official"), recipe=tuple(RECIPES),
     precision=("auto", "fp32", "bf16", "fp16"), device=("auto", "cpu", "cuda", "mps"),
     pipeline=("fast", "classic"), schedule=("cosine", "constant"), optimizer=("sgd", "adamw"),
+    cuda_graphs=("auto", "on", "off"),
     stem=STEMS, balance=("none", "loss", "sampler"), select_metric=("top1", "macro_f1", "balanced_accuracy"),
 )
 
@@ -466,7 +470,7 @@ def read_config_values(path: Path) -> dict[str, Any]:
 # What may change when a run is resumed: how long it goes on, and where and how it runs,
 # but nothing that changes what it computes on the way (so a resumed run still ends
 # where an uninterrupted one with the same options does).
-RESUMABLE = ("epochs", "eval_every", "quiet", "device", "workers", "compile", "patience", "log")
+RESUMABLE = ("epochs", "eval_every", "quiet", "device", "workers", "compile", "cuda_graphs", "patience", "log")
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any]) -> TrainConfig:

@@ -33,7 +33,8 @@ from resnet.data.datasets import sample_image_files, typical_shorter_side
 from resnet.util.distributed import Topology, shard
 from resnet.errors import ResnetError
 from resnet.util.hardware import select_device
-from resnet.engine.mixing import BatchMixer, mix_generator
+from resnet.engine.graphs import GraphedStep, uses_cuda_graphs
+from resnet.engine.mixing import BatchMixer, mix_generator, mixes
 from resnet.engine.optim import build_optimizer
 from resnet.data.pipeline import FastTrainBatches, RunData, augment_spec
 from resnet.engine.sampling import class_weights, generator_for
@@ -100,7 +101,8 @@ def build_parts(config: TrainConfig, num_classes: int, device: torch.device, dty
                 topology: Topology = Topology(), fused: bool = True) -> Parts:
     """The model (seeded: every caller starts from the same weights), its optimizer, scaler and
     EMA. ``fused``: the fused optimizer update where the device has one (the tutorial's
-    per-tensor loop otherwise, which ``resnet bench`` measures)."""
+    per-tensor loop otherwise, which ``resnet bench`` measures); a step that will be a CUDA
+    graph gets AdamW's capturable form."""
     torch.manual_seed(config.seed)  # the initial weights
     model = build_model(config, num_classes)
     if config.sync_bn and topology.enabled:
@@ -109,7 +111,8 @@ def build_parts(config: TrainConfig, num_classes: int, device: torch.device, dty
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    optimizer = build_optimizer(config, model, fused=fused)
+    optimizer = build_optimizer(config, model, fused=fused,
+                                capturable=fused and uses_cuda_graphs(config, device, topology))
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     ema = None
     if config.ema_decay:
@@ -119,9 +122,11 @@ def build_parts(config: TrainConfig, num_classes: int, device: torch.device, dty
 
 
 def training_step(config: TrainConfig, parts: Parts, device: torch.device, dtype: torch.dtype | None,
-                  class_counts: torch.Tensor | None = None, topology: Topology = Topology()) -> TrainStep:
+                  class_counts: torch.Tensor | None = None, topology: Topology = Topology()
+                  ) -> TrainStep | GraphedStep:
     """The optimizer step of ``parts``: the model under DDP (with torchrun) and torch.compile
-    (``--compile``), the loss with ``--balance loss``'s class weights from ``class_counts``."""
+    (``--compile``), the loss with ``--balance loss``'s class weights from ``class_counts``, the
+    whole step a CUDA graph where ``--cuda-graphs`` resolves to on (``resnet.engine.graphs``)."""
     train_model: nn.Module = parts.model
     if topology.enabled:
         train_model = nn.parallel.DistributedDataParallel(
@@ -131,8 +136,15 @@ def training_step(config: TrainConfig, parts: Parts, device: torch.device, dtype
     weights = None
     if config.balance == "loss" and class_counts is not None:
         weights = class_weights(class_counts).to(device)
-    return TrainStep(train_model, parts.optimizer, device, dtype, parts.memory_format, config.label_smoothing,
+    step = TrainStep(train_model, parts.optimizer, device, dtype, parts.memory_format, config.label_smoothing,
                      parts.scaler, weights)
+    if not uses_cuda_graphs(config, device, topology):
+        return step
+    if not parts.optimizer.defaults.get("fused"):  # the per-tensor update reads the lr on the host
+        if config.cuda_graphs == "on":
+            raise ResnetError("--cuda-graphs on needs the fused optimizer update")
+        return step
+    return GraphedStep(step, parts.model.num_classes if mixes(config) else None)
 
 
 # --- the batches -------------------------------------------------------------------------------

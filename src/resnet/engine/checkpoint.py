@@ -76,12 +76,32 @@ def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim
             scaler: torch.amp.GradScaler, ema: nn.Module | None) -> RunState:
     """Load a training checkpoint (``load_resume_checkpoint``) into the modules; returns where the run stood."""
     unwrap(model).load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+    load_optimizer_state(optimizer, checkpoint["optimizer"])
     scaler.load_state_dict(checkpoint["scaler"])
     if ema is not None and checkpoint.get("ema") is not None:
         ema.module.load_state_dict(checkpoint["ema"])
         ema.n_averaged.fill_(checkpoint["ema_updates"])
     return RunState(**checkpoint["state"])
+
+
+# How an optimizer's update runs, not what it computes: the resumed run's own (a run saved on a CPU
+# or without CUDA graphs may resume on a GPU with them), where load_state_dict would take the saved.
+HOW_UPDATES_RUN = ("fused", "foreach", "capturable")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """``saved`` into ``optimizer``, keeping the optimizer's own ``HOW_UPDATES_RUN`` settings; a
+    fused or capturable update keeps its step counts on the parameters' device, as it requires."""
+    own = [{key: group[key] for key in HOW_UPDATES_RUN if key in group} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, own):
+        group.update(settings)
+        if not (group.get("fused") or group.get("capturable")):
+            continue
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter, {})
+            if isinstance(state.get("step"), torch.Tensor):
+                state["step"] = state["step"].to(parameter.device, torch.float32)
 
 
 def load_resume_checkpoint(run_dir: Path) -> dict[str, Any] | None:

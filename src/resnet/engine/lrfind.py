@@ -35,6 +35,7 @@ from resnet.engine.optim import freeze_backbone_batchnorm, group_learning_rate
 from resnet.data.pipeline import RunData, load_run_data
 from resnet.util.progress import progress_bar
 from resnet.engine.sampling import labels_tensor, run_epoch_batches
+from resnet.engine.graphs import GraphedStep, uses_cuda_graphs
 from resnet.engine.step import TrainStep, check_batchnorm_can_train
 from resnet.words import plural
 from resnet.util.files import write_text_atomic
@@ -94,6 +95,7 @@ def find_lr(config: TrainConfig, steps: int = STEPS, start_lr: float = START_LR,
     check_range(steps, start_lr, end_lr)
     device = select_device(config.device)
     dtype = select_precision(config.precision, device)
+    uses_cuda_graphs(config, device)  # --cuda-graphs on without CUDA: an error before the decode
     splits = load_splits(config.dataset, config.data_dir, config.split, config.val_fraction, config.seed,
                          labels=config.labels)
     data = load_run_data(splits, config, Topology(), check_stop=check_stop)
@@ -112,7 +114,7 @@ def find_lr(config: TrainConfig, steps: int = STEPS, start_lr: float = START_LR,
 
 
 def range_test_step(config: TrainConfig, splits: DataSplits, device: torch.device,
-                    dtype: torch.dtype | None) -> TrainStep:
+                    dtype: torch.dtype | None) -> TrainStep | GraphedStep:
     """The step a run of ``config`` trains with (the same model, seeded alike), in training mode."""
     parts = build_parts(config, len(splits.classes), device, dtype)
     parts.model.train()
@@ -134,7 +136,7 @@ def training_inputs(config: TrainConfig, data: RunData, device: torch.device
             yield inputs.mixed(images, labels, epoch, step)
 
 
-def range_test(step: TrainStep, config: TrainConfig, inputs: Iterator[tuple[torch.Tensor, torch.Tensor]],
+def range_test(step: TrainStep | GraphedStep, config: TrainConfig, inputs: Iterator[tuple[torch.Tensor, torch.Tensor]],
                lrs: list[float], progress: bool = True) -> RangeTest:
     """A step at each lr of ``lrs``, until the smoothed loss diverges or is not finite."""
     test, average, lowest = RangeTest(len(lrs)), 0.0, math.inf

@@ -48,7 +48,7 @@ class BatchMixer:
     @classmethod
     def from_config(cls, config: TrainConfig, num_classes: int) -> BatchMixer | None:
         """The run's mixer, or None when it mixes nothing."""
-        if not (config.mixup > 0 or config.cutmix > 0) or config.mix_prob == 0:
+        if not mixes(config):
             return None
         return cls(num_classes, config.mixup, config.cutmix, config.mix_prob, config.mix_switch)
 
@@ -65,3 +65,8 @@ class BatchMixer:
         with torch.random.fork_rng(devices=[]):  # torchvision draws on the CPU, the batch may be elsewhere
             torch.manual_seed(seed)
             return mix(images, labels)
+
+
+def mixes(config: TrainConfig) -> bool:
+    """Whether a run of ``config`` mixes any batch (its targets are then class probabilities)."""
+    return (config.mixup > 0 or config.cutmix > 0) and config.mix_prob > 0

@@ -27,14 +27,17 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
             for (head, decays), params in groups.items() if params]
 
 
-def build_optimizer(config: TrainConfig, model: nn.Module, fused: bool = True) -> torch.optim.Optimizer:
+def build_optimizer(config: TrainConfig, model: nn.Module, fused: bool = True,
+                    capturable: bool = False) -> torch.optim.Optimizer:
     """SGD or AdamW over ``parameter_groups``; ``fused``: one fused kernel per update where the
-    device has one, instead of several passes over every weight (False: the per-tensor loop)."""
+    device has one, instead of several passes over every weight (False: the per-tensor loop).
+    ``capturable``: AdamW keeps its step count on the device, as a CUDA graph capture of its
+    update requires (SGD keeps no count, and torch gives it no such flag)."""
     groups = parameter_groups(model, config.weight_decay)
     fused = fused and has_fused_optimizer(next(model.parameters()).device)
     if config.optimizer == "adamw":
         # AdamW's decay is decoupled (scaled by the lr, not by the gradient statistics).
-        return torch.optim.AdamW(groups, lr=config.lr, fused=fused)
+        return torch.optim.AdamW(groups, lr=config.lr, fused=fused, capturable=capturable)
     return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum,
                            nesterov=config.nesterov and config.momentum > 0, fused=fused)
 

@@ -55,7 +55,12 @@ class TrainStep:
     def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         labels = labels.to(self.device, non_blocking=True)
-        with autocast(self.device, self.dtype):
+        return self.update(images, labels)
+
+    def update(self, images: torch.Tensor, labels: torch.Tensor, cache: bool = True) -> torch.Tensor:
+        """The step on a batch already on the device: what a CUDA graph captures (``cache``:
+        autocast's weight-cast cache, off under capture; ``resnet.engine.graphs``)."""
+        with autocast(self.device, self.dtype, cache):
             loss = self.loss(self.model(images), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

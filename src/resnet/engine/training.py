@@ -58,6 +58,7 @@ from resnet.util.progress import progress_bar
 from resnet.util.signals import StopSignals, Stopped
 from resnet.engine.trackers import open_trackers
 from resnet.engine.step import check_batchnorm_can_train
+from resnet.engine.graphs import GraphedStep, uses_cuda_graphs
 from resnet.words import plural
 
 METRIC_COLUMNS = ("epoch", "train_loss", "eval_loss", "top1", "top5", "macro_f1", "balanced_accuracy", "lr",
@@ -203,6 +204,7 @@ class Run:
         self.main = topology.is_main
         self.device = select_device(config.device, topology)
         self.dtype = select_precision(config.precision, self.device)
+        uses_cuda_graphs(config, self.device, topology)  # --cuda-graphs on where it cannot be: before the data
         if config.batch_size % topology.world_size:
             raise ResnetError(f"--batch-size {config.batch_size} must be divisible by the "
                               f"{topology.world_size} processes")
@@ -495,7 +497,8 @@ class Run:
         self.log(f"run {self.run_dir}: {config.arch} on {config.dataset} ({len(splits.train)} training / "
                  f"{plural(len(splits.eval), 'evaluation image')} ('{splits.eval_name}'), "
                  f"{plural(len(splits.classes), 'class')}), "
-                 f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline")
+                 f"{self.device.type} {PRECISION_NAMES[self.dtype]}, {config.pipeline} pipeline"
+                 + (", CUDA graphs" if isinstance(self.step, GraphedStep) else ""))
         counts = self.class_counts.tolist()
         self.log(class_count_line(counts, config.balance))
         if self.main and config.balance == "none" and imbalance_ratio(counts) > IMBALANCE_WARNING:

@@ -8,7 +8,9 @@ Three measurements, all in images per second:
    same JPEGs, in alternating rounds within one run; the median round of each, and their
    ratio. Our one-off decode is timed apart and left out.
 2. **Model only**: forward, backward and optimizer step on a batch already on the device,
-   per precision and memory format: what the hardware allows at best.
+   per precision and memory format: what the hardware allows at best. On CUDA also the same
+   step as a CUDA graph (``--cuda-graphs``), per precision, channels_last: eager against graphs,
+   and fp16 against bf16.
 3. **Data only**: batches delivered to the device, no model, per pipeline.
 
 Without ``--data-dir`` it writes its own JPEGs (procedural flowers upscaled, with noise,
@@ -37,6 +39,7 @@ from PIL import Image
 
 from resnet.data import augment, petals
 from resnet.engine.assembly import build_parts, training_step
+from resnet.engine.graphs import WARMUP_STEPS, GraphedStep
 from resnet.config import MAX_IMAGE_SIZE, resolve_config
 from resnet.data.cache import cache_dir, decode
 from resnet.data.sources import ImageFiles, classic_loader, flowers102_splits, list_class_folders
@@ -68,6 +71,7 @@ class BenchOptions:
     recipe: str = "tutorial"  # ours' augmentation: tutorial (the tutorial's transforms) | default
     seed: int = 0
     compile: bool = False  # also the model-only step under torch.compile
+    cuda_graphs: str = "auto"  # CUDA: ours end to end as a graph, and the model-only step as one (auto, on); off
     note: str = ""
 
 
@@ -174,12 +178,20 @@ class Trainer:
     the device has one (the tutorial's is the default per-tensor loop)."""
 
     def __init__(self, arch: str, num_classes: int, device: torch.device, dtype: torch.dtype | None,
-                 memory_format: torch.memory_format, seed: int, compile: bool = False, fused: bool = True) -> None:
+                 memory_format: torch.memory_format, seed: int, compile: bool = False, fused: bool = True,
+                 cuda_graphs: str = "off") -> None:
         config = resolve_config({"recipe": "tutorial", "arch": arch, "seed": seed, "compile": compile,
-                                 "channels_last": memory_format == torch.channels_last})
+                                 "channels_last": memory_format == torch.channels_last, "cuda_graphs": cuda_graphs})
         parts = build_parts(config, num_classes, device, dtype, fused=fused)
         parts.model.train()
         self.train_step = training_step(config, parts, device, dtype)
+        self.graphed = isinstance(self.train_step, GraphedStep)
+
+    def prime(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        """A graphed step's warm-up and capture, before any timing (an eager step needs none)."""
+        if self.graphed:
+            for _ in range(WARMUP_STEPS + 1):
+                self.step(images, labels)
 
     def step(self, images: torch.Tensor, labels: torch.Tensor) -> int:
         self.train_step(images, labels)
@@ -253,10 +265,12 @@ def supported_precisions(device: torch.device) -> list[torch.dtype | None]:
 
 
 def model_step_speeds(options: BenchOptions, num_classes: int, device: torch.device, dtype: torch.dtype | None,
-                      memory_format: torch.memory_format) -> list[float]:
-    """Images/s of training steps on one fixed batch already on the device, one figure per round."""
-    trainer = Trainer(options.arch, num_classes, device, dtype, memory_format, options.seed)
+                      memory_format: torch.memory_format, cuda_graphs: str = "off") -> list[float]:
+    """Images/s of training steps on one fixed batch already on the device, one figure per round
+    (``cuda_graphs="on"``: the step as a CUDA graph, captured before the timing)."""
+    trainer = Trainer(options.arch, num_classes, device, dtype, memory_format, options.seed, cuda_graphs=cuda_graphs)
     images, labels = fixed_batch(options, num_classes, device, memory_format)
+    trainer.prime(images, labels)
     return [timed(lambda i: trainer.step(images, labels), options.warmup if r == 0 else 1, options.steps, device)
             for r in range(options.rounds)]
 
@@ -293,6 +307,8 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
     """The three measurements on one machine, in one run; a JSON-ready dict."""
     validate(options)
     device = select_device(options.device)
+    if options.cuda_graphs == "on" and device.type != "cuda":
+        raise ResnetError(f"--cuda-graphs on: CUDA graphs need a CUDA GPU, and this bench runs on {device.type}")
     ours_dtype = select_precision(options.precision, device)
     machine = machine_info(device)
     files, num_classes, source = bench_source(options)
@@ -309,6 +325,7 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
         "(one-off, excluded from ours)")
     e2e = end_to_end_rounds(options, pipelines, num_classes, ours_dtype)
     model_rounds = model_only_rounds(options, num_classes, device, ours_dtype)
+    graph_rounds = model_only_graph_rounds(options, num_classes, device, ours_dtype)
     data = data_only_rounds(options, pipelines)
     compiled = {}
     if options.compile:
@@ -317,9 +334,12 @@ def benchmark(options: BenchOptions) -> dict[str, Any]:
             f"{compiled['model_only_compiled']['images_per_s']:.1f} images/s")
     return {
         **compiled,
-        "end_to_end": end_to_end_summary(options, pipelines, e2e, model_rounds, ours_dtype, decode_info),
+        "end_to_end": end_to_end_summary(options, pipelines, e2e, model_rounds, graph_rounds, ours_dtype,
+                                         decode_info),
         "model_only": {name: {fmt: median(speeds) for fmt, speeds in formats.items()}
                        for name, formats in model_rounds.items()},
+        "model_only_graphs": {name: median(speeds) for name, speeds in graph_rounds.items()},
+        "model_only_graphs_rounds": graph_rounds,
         "data_only": {"tutorial": median(data["tutorial"]), "ours": median(data["ours"]),
                       "ratio": median(data["ours"]) / median(data["tutorial"]), "rounds": data},
         "model_only_rounds": model_rounds,
@@ -333,7 +353,9 @@ def end_to_end_rounds(options: BenchOptions, pipelines: Pipelines, num_classes: 
     """1. Real training steps fed by each pipeline, in rounds alternating between the two."""
     device = pipelines.device
     tutorial = Trainer(options.arch, num_classes, device, None, torch.contiguous_format, options.seed, fused=False)
-    ours = Trainer(options.arch, num_classes, device, ours_dtype, torch.channels_last, options.seed)
+    ours = Trainer(options.arch, num_classes, device, ours_dtype, torch.channels_last, options.seed,
+                   cuda_graphs=options.cuda_graphs)
+    ours.prime(*fixed_batch(options, num_classes, device, torch.channels_last))  # a graph: captured before timing
     e2e: dict[str, list[float]] = {"tutorial": [], "ours": []}
     for r in range(options.rounds):
         e2e["tutorial"].append(pipelines.run_tutorial(r, tutorial.step))
@@ -358,6 +380,23 @@ def model_only_rounds(options: BenchOptions, num_classes: int, device: torch.dev
     return rounds
 
 
+def model_only_graph_rounds(options: BenchOptions, num_classes: int, device: torch.device,
+                            ours_dtype: torch.dtype | None) -> dict[str, list[float]]:
+    """2b. On CUDA, the model step as a CUDA graph per precision (channels_last): against the eager
+    figures of 2, what the launches cost; and fp16 against bf16 both ways."""
+    if device.type != "cuda" or options.cuda_graphs == "off":
+        return {}
+    rounds: dict[str, list[float]] = {}
+    precisions = supported_precisions(device)
+    if ours_dtype not in precisions:
+        precisions.append(ours_dtype)
+    for dtype in precisions:
+        speeds = model_step_speeds(options, num_classes, device, dtype, torch.channels_last, cuda_graphs="on")
+        rounds[PRECISION_NAMES[dtype]] = speeds
+        log(f"model only, {PRECISION_NAMES[dtype]} channels_last as a CUDA graph: {median(speeds):.1f} images/s")
+    return rounds
+
+
 def data_only_rounds(options: BenchOptions, pipelines: Pipelines) -> dict[str, list[float]]:
     """3. Each data pipeline alone, delivering batches to the device, in alternating rounds."""
     data: dict[str, list[float]] = {"tutorial": [], "ours": []}
@@ -371,21 +410,25 @@ def data_only_rounds(options: BenchOptions, pipelines: Pipelines) -> dict[str, l
 
 
 def end_to_end_summary(options: BenchOptions, pipelines: Pipelines, e2e: dict[str, list[float]],
-                       model_rounds: dict[str, dict[str, list[float]]], ours_dtype: torch.dtype | None,
-                       decode_info: dict[str, Any]) -> dict[str, Any]:
-    """Medians, their ratio, each pipeline's share of its own model-only speed, and the setups."""
+                       model_rounds: dict[str, dict[str, list[float]]], graph_rounds: dict[str, list[float]],
+                       ours_dtype: torch.dtype | None, decode_info: dict[str, Any]) -> dict[str, Any]:
+    """Medians, their ratio, each pipeline's share of its own model-only speed (ours': the graph's
+    when its steps were one), and the setups."""
     tutorial_speed, ours_speed = median(e2e["tutorial"]), median(e2e["ours"])
     ours_precision = PRECISION_NAMES[ours_dtype]
+    ours_graphed = ours_precision in graph_rounds and pipelines.device.type == "cuda"
+    ours_limit = (median(graph_rounds[ours_precision]) if ours_graphed
+                  else median(model_rounds[ours_precision]["channels_last"]))
     return {
         "tutorial": tutorial_speed,
         "ours": ours_speed,
         "ratio": ours_speed / tutorial_speed,
         "tutorial_setup": {"precision": "fp32", "memory_format": "nchw", "workers": options.workers,
                            "transforms": "RandomRotation(30), RandomResizedCrop, both flips, ToTensor, Normalize"},
-        "ours_setup": {"precision": ours_precision, "memory_format": "channels_last",
+        "ours_setup": {"precision": ours_precision, "memory_format": "channels_last", "cuda_graphs": ours_graphed,
                        "augment": asdict(augment_spec(pipelines.config))},
         "tutorial_of_model_only": tutorial_speed / median(model_rounds["fp32"]["nchw"]),
-        "ours_of_model_only": ours_speed / median(model_rounds[ours_precision]["channels_last"]),
+        "ours_of_model_only": ours_speed / ours_limit,
         "decode": decode_info,
         "rounds": e2e,
     }
@@ -502,6 +545,7 @@ def format_report(result: dict[str, Any]) -> str:
     ]
     for precision, speeds in result["model_only"].items():
         lines.append(f"  {precision:<11}{speeds['nchw']:>10.1f}{speeds['channels_last']:>15.1f}")
+    lines += graph_lines(result)
     if "model_only_compiled" in result:
         compiled = result["model_only_compiled"]
         eager = result["model_only"][compiled["precision"]]["channels_last"]
@@ -516,6 +560,20 @@ def format_report(result: dict[str, Any]) -> str:
         f"  ours / tutorial: {data['ratio']:.2f}x",
     ]
     return "\n".join(lines)
+
+
+def graph_lines(result: dict[str, Any]) -> list[str]:
+    """The model-only step as a CUDA graph against eager (channels_last), and fp16 against bf16."""
+    eager, graphs = result["model_only"], result.get("model_only_graphs") or {}
+    lines = [f"  {precision} as a CUDA graph: {speed:.1f} images/s against {eager[precision]['channels_last']:.1f} "
+             f"eager ({speed / eager[precision]['channels_last']:.2f}x)" for precision, speed in graphs.items()]
+    if "fp16" in eager and "bf16" in eager:
+        ratio = eager["fp16"]["channels_last"] / eager["bf16"]["channels_last"]
+        line = f"  fp16 / bf16 (channels_last): {ratio:.2f}x eager"
+        if "fp16" in graphs and "bf16" in graphs:
+            line += f", {graphs['fp16'] / graphs['bf16']:.2f}x as CUDA graphs"
+        lines.append(line)
+    return lines
 
 
 def markdown_report(results: list[dict[str, Any]], command: str = "") -> str:
@@ -545,6 +603,9 @@ def markdown_report(results: list[dict[str, Any]], command: str = "") -> str:
         for precision, speeds in result["model_only"].items():
             lines.append(f"| {c['arch']} | {c['image_size']} | {c['batch_size']} | {precision} | "
                          f"{speeds['nchw']:.1f} | {speeds['channels_last']:.1f} |")
+        for precision, speed in (result.get("model_only_graphs") or {}).items():
+            lines.append(f"| {c['arch']} | {c['image_size']} | {c['batch_size']} | {precision}, CUDA graph | - | "
+                         f"{speed:.1f} |")
     config = results[0]["config"]
     source = config["source"]
     notes = sorted({r["config"]["note"] for r in results if r["config"].get("note")})

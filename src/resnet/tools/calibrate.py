@@ -92,8 +92,11 @@ def locked_run(run_dir: Path) -> Iterator[None]:
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:
+    """Whether two models hold the same weights, compared on the CPU: one fitted earlier is on
+    the device it was scored on, the other fresh from its checkpoint on the CPU, and torch.equal
+    refuses tensors on two devices."""
     first, second = a.state_dict(), b.state_dict()
-    return first.keys() == second.keys() and all(torch.equal(v, second[k]) for k, v in first.items())
+    return first.keys() == second.keys() and all(torch.equal(v.cpu(), second[k].cpu()) for k, v in first.items())
 
 
 def fit_checkpoint(logits: torch.Tensor, labels: torch.Tensor, bins: int) -> dict[str, Any]:
