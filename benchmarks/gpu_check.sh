@@ -4,8 +4,9 @@
 #   benchmarks/gpu_check.sh                       # on the GPU machine, from the repository root
 #   GPU_CHECK_TINY=1 benchmarks/gpu_check.sh      # every stage shrunk: tries the script on a CPU
 #
-# Stages, each capped with `timeout` and within a 9-minute budget for the whole (a stage that would
-# not fit is skipped with a line saying so; a failed stage does not stop the others):
+# Stages, each capped with `timeout` (30, 150, 100, 60, 180 and 60 s) and within a 9-minute budget for
+# the whole (a stage that would not fit is skipped with a line saying so; a failed stage does not stop
+# the others; a CIFAR-10 run stopped at its cap keeps its finished epochs' files):
 #   1. the environment (torch, the GPU);
 #   2. the GPU tests: python -m pytest -m gpu -q (tests/test_gpu.py);
 #   3. resnet bench, resnet34 at 224 px, batch 256: the model-only step eager against CUDA graphs and
@@ -26,7 +27,7 @@ start=$SECONDS
 budget=${GPU_CHECK_SECONDS:-540}  # 9 minutes
 reserve=15                        # for the summary and the tarball
 tiny=${GPU_CHECK_TINY:-0}
-py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+py=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || command -v python || echo python3)}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 day=$(date +%F)
@@ -86,7 +87,7 @@ fi
 if [ "$tiny" = 1 ]; then  # without a GPU every test is skipped: this checks the collection and the stage
     stage gpu-tests 120 "$py" -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
 else  # the modules of extras that are absent fail to collect; the gpu tests still run
-    stage gpu-tests 170 "$py" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors
+    stage gpu-tests 150 "$py" -m pytest -m gpu -q -p no:cacheprovider --continue-on-collection-errors
 fi
 
 # 3. resnet bench.
@@ -97,7 +98,7 @@ else
     bench=(--device cuda --arch resnet34 --image-size 224 --batch-size 256 --steps 10 --warmup 2 --rounds 3
            --images 512 --workers "$workers" --out "$results/bench-resnet34-224.json")
 fi
-stage bench 120 "$py" -m resnet bench "${bench[@]}"
+stage bench 100 "$py" -m resnet bench "${bench[@]}"
 
 # 4 and 5. CIFAR-10: the plain command, then airbench94 on the same hold-out.
 data_tar=.gpu-data/cifar10-train.tar.gz
@@ -105,7 +106,7 @@ if [ -f "$data_tar" ]; then
     stage unpack-cifar10 60 tar -xzf "$data_tar" -C "$work"
     if [ "$tiny" = 1 ]; then cifar=(--quick --args "--epochs 1 --device cpu --workers 2"); set_dir=quick
     else cifar=(--args ""); set_dir=full; fi  # the plain command: no option
-    stage cifar10-plain 200 "$py" benchmarks/cifar10.py --source "$work/cifar-10/train" --work "$work/cifar10" \
+    stage cifar10-plain 180 "$py" benchmarks/cifar10.py --source "$work/cifar-10/train" --work "$work/cifar10" \
         --name plain-gpu --results "$results" "${cifar[@]}"
     # A run stopped at its limit keeps its finished epochs: their files are kept too.
     run_dir=$work/cifar10/$set_dir/runs/plain-gpu
@@ -117,7 +118,7 @@ if [ -f "$data_tar" ]; then
     airbench_sdist=$(ls .gpu-data/airbench-0.1.8.tar.gz 2>/dev/null)
     if [ -n "$airbench_sdist" ]; then
         tar -xzf "$airbench_sdist" -C "$work"
-        stage airbench94 120 "$py" benchmarks/airbench_cifar10.py --data "$work/cifar10/$set_dir/data" \
+        stage airbench94 60 "$py" benchmarks/airbench_cifar10.py --data "$work/cifar10/$set_dir/data" \
             --work "$work/airbench" --airbench "$work/airbench-0.1.8" --out "$results/airbench94.json" \
             --workers "$workers"
     else
