@@ -30,7 +30,7 @@ from resnet.engine.training import best_row
 CLASSES = ["head", "tail"]
 HEAD, TAIL, BATCH = 20, 1, 7  # 20:1; 21 training images, 3 steps an epoch
 TINY = ["--image-size", "32", "--batch-size", str(BATCH), "--workers", "0", "--precision", "fp32", "--quiet",
-        "--no-tta", "--lr", "0.01", "--eval-every", "1"]
+        "--no-tta", "--lr", "0.01", "--eval-every", "1", "--arch", "resnet10"]
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from resnet.engine.training import evaluations_since_best
 # lr too small to move a logit, so every evaluation scores what the first one did.
 STUCK = ["--dataset", "imagefolder", "--epochs", "6", "--image-size", "32", "--batch-size", "4", "--workers", "0",
          "--precision", "fp32", "--quiet", "--freeze-backbone", "--lr", "1e-9", "--warmup-epochs", "0",
-         "--eval-every", "1", "--patience", "2"]
+         "--eval-every", "1", "--patience", "2", "--arch", "resnet10"]
 
 
 def test_evaluations_since_best_counts_those_after_the_first_best():

@@ -18,7 +18,7 @@ from resnet.cli import main
 from resnet.engine.lrfind import BETA, RangeTest, lr_schedule, range_test, suggest
 
 TINY = ["--dataset", "imagefolder", "--image-size", "32", "--batch-size", "4", "--workers", "0",
-        "--precision", "fp32", "--quiet"]
+        "--precision", "fp32", "--quiet", "--arch", "resnet10"]
 SUGGESTED = re.compile(r"^suggested lr: (\S+) \(rule: (.+)\)$", re.MULTILINE)
 
 

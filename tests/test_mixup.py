@@ -134,7 +134,7 @@ def test_a_mixing_run_resumes_bit_exact(tmp_path, monkeypatch):
     data = make_image_folder(tmp_path / "images", ["a", "b", "c"], per_class=4)
     args = ["train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "2", "--eval-every", "0",
             "--image-size", "32", "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet",
-            "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--balance", "loss"]
+            "--mixup", "0.4", "--cutmix", "1.0", "--mix-prob", "0.8", "--balance", "loss", "--arch", "resnet10"]
     targets, loss = [], TrainStep.loss
 
     def recorded_loss(step: TrainStep, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
