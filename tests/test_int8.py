@@ -32,7 +32,7 @@ FEW_REPEATS = {1: 2, 32: 1}  # latency is printed, never asserted: keep its timi
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A one-epoch resnet18 run (32 px, with the default recipe's flip TTA) on 10 images a
+    """A one-epoch resnet10 run (32 px, with the default recipe's flip TTA) on 10 images a
     class, 2 of them held out, exported once with --int8 on 12 calibration images."""
     root = tmp_path_factory.mktemp("int8")
     data = make_image_folder(root / "data", CLASSES, per_class=10)
@@ -43,7 +43,8 @@ def run(tmp_path_factory):
         mp.setattr("resnet.tools.quantize.LATENCY_REPEATS", FEW_REPEATS)
         assert main(["train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1",
                      "--image-size", str(SIZE), "--eval-image-size", str(SIZE), "--batch-size", "4",
-                     "--out", str(root / "run"), "--quiet", "--workers", "0", "--precision", "fp32"]) == 0
+                     "--out", str(root / "run"), "--quiet", "--workers", "0", "--precision", "fp32",
+                     "--arch", "resnet10"]) == 0
         with contextlib.redirect_stdout(printed):
             code = main(["export", str(root / "run"), "--int8", "--out", str(out), "--calibration-images", "12",
                          "--min-agreement", "0"])
@@ -121,7 +122,7 @@ def test_agreement_below_the_minimum_is_exit_1_and_keeps_the_file(run, tmp_path,
 
     def copy_of_the_float_export(path, fmt, out, tolerance):
         shutil.copy(run["float"], out)
-        exported.update(out=str(out), format=fmt, checkpoint=str(path), arch="resnet18", weights="model",
+        exported.update(out=str(out), format=fmt, checkpoint=str(path), arch="resnet10", weights="model",
                         max_abs_diff=0.0, check_batch=3, image_size=SIZE, classes=len(CLASSES),
                         bytes=Path(out).stat().st_size)
         return exported
