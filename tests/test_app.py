@@ -74,7 +74,7 @@ def test_runs_are_found_and_described(tiny_run, tmp_path):
     with pytest.raises(ResnetError, match="not a run directory"):
         find_runs([str(tmp_path)], runs_dir)
     brief = run_brief(runs_dir / "one")
-    assert "resnet18" in brief and "final top-1" in brief
+    assert "resnet10" in brief and "final top-1" in brief
     assert curves_png(runs_dir / "one", tmp_path) is not None
 
 

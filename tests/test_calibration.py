@@ -162,7 +162,7 @@ def test_calibrate_stores_the_temperature_in_both_checkpoints_and_the_config(tin
     # The config still loads as a run's config: the temperature is beside the options, not one of them.
     from resnet.config import load_config
 
-    assert load_config(run).arch == "resnet18"
+    assert load_config(run).arch == "resnet10"
 
 
 def test_a_train_on_a_run_being_calibrated_is_told_what_holds_it(tiny_run, tmp_path, capsys, monkeypatch):
