@@ -207,6 +207,7 @@ def test_bad_values_are_one_line_errors(tiny_run):
         resnet.predict(tiny_run["root"] / "missing.pt", tiny_run["data"])
 
 
+@pytest.mark.slow  # the 20 epochs the README's example asks for (~8 s): run in CI with -m slow
 def test_the_readme_python_example_runs_as_written(tmp_path, monkeypatch):
     """The README's example on a small folder named as it names it: photos/, a.jpg and more/."""
     readme = (Path(__file__).parents[1] / "README.md").read_text()

@@ -100,6 +100,7 @@ def test_processes_racing_for_one_out_dir_get_it_once(tmp_path):
         assert not (Path(out) / rundir.LOCK_NAME).exists()  # released
 
 
+@pytest.mark.slow  # two interpreters at once (~10 s of CPU); the claim itself is raced above in forks
 def test_two_trainings_started_together_on_one_out_dir(folder, tmp_path):
     out = tmp_path / "run"
     env = subprocess_env(tmp_path)
@@ -277,6 +278,7 @@ def test_a_swallowed_ctrl_c_during_the_decode_still_stops_the_run(folder, tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # two interpreters one after the other (~8 s); in-process: the SIGTERM and dead-lock tests
 def test_kill_9_and_sigterm_to_real_runs_then_resume(folder, tmp_path):
     """Real processes: kill -9 during the first epoch leaves a directory that --resume starts
     over in; SIGTERM later stops with a checkpoint and exit status 143."""
