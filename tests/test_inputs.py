@@ -286,7 +286,8 @@ def test_a_run_on_names_that_are_not_utf8_trains_and_evaluates(tmp_path, capsys)
     (data / "a" / "0.png").rename(data / "a" / os.fsdecode(b"bad\xff\xfename.png"))
     out = tmp_path / "run"
     assert main(["train", "--dataset", "imagefolder", "--data-dir", str(data), "--epochs", "1", "--image-size", "32",
-                 "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet", "--out", str(out)]) == 0
+                 "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet", "--arch", "resnet10",
+                 "--out", str(out)]) == 0
     capsys.readouterr()
     assert main(["eval", str(out), "--workers", "0", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)

@@ -207,7 +207,7 @@ def test_train_and_eval_with_a_label_file(tmp_path, capsys):
     rows = [f"{name}/{i},{name},{'val' if i == 3 else 'train'}" for name in ("ant", "bee") for i in range(4)]
     labels = write(tmp_path / "data" / "labels.csv", "image,category,split", *rows)
     code = main(["train", "--labels", str(labels), "--data-dir", str(data), "--epochs", "1", "--image-size", "32",
-                 "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet", "--out",
+                 "--batch-size", "4", "--workers", "0", "--precision", "fp32", "--quiet", "--arch", "resnet10", "--out",
                  str(tmp_path / "run")])
     assert code == 0
     capsys.readouterr()
