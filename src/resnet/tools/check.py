@@ -58,7 +58,8 @@ from resnet.data.sources import (
     split_folders,
     stratified_split,
 )
-from resnet.data.datasets import load_splits, sample_image_files, typical_shorter_side
+from resnet.data.datasets import load_splits
+from resnet.engine.assembly import images_side
 from resnet.errors import ResnetError
 from resnet.util.optional import require
 from resnet.util.hardware import available_cpus
@@ -201,12 +202,8 @@ def whole_folder(options: CheckOptions, fraction: float, seed: int) -> tuple[lis
 def training_size(options: CheckOptions) -> int:
     """The crop a run on this data would train at with no size option: the dataset's preset,
     or, for an image folder of small images, their own size (``resolve_config``'s choice)."""
-
-    side = None
-    if options.dataset == "imagefolder":
-        side = typical_shorter_side(sample_image_files(options.data_dir, options.labels))
     overrides = {"dataset": options.dataset, "data_dir": options.data_dir, "labels": options.labels}
-    return resolve_config(overrides, side).image_size
+    return resolve_config(overrides, images_side(overrides)).image_size
 
 
 # --- one file -------------------------------------------------------------------------------------
